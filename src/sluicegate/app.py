@@ -1,0 +1,124 @@
+"""Composition root: the one place that builds concrete clients, adapters and services.
+
+``Gateway`` owns every resource of one process (no module-level state); the ASGI ``App`` opens them
+in the lifespan and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from .config import GatewayConfig, load_config
+from .errors import GatewayError, MethodNotAllowed, NotFound
+from .http.asgi import Receive, Request, Scope, Send, send_error
+from .http.auth import MasterKeyAuthenticator
+from .http.errors import internal_error
+from .http.routes import PATHS, ROUTES
+from .metering.tokens import TokenCounter
+from .providers.base import Provider
+from .providers.demo import DemoProvider
+from .providers.openai_compat import OpenAICompatProvider
+from .routing import Router
+from .service import ChatService
+from .settings import Settings
+
+log = logging.getLogger("sluicegate")
+
+
+class Gateway:
+    """Everything one process needs to answer requests; built in the lifespan, closed on shutdown."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.started_at = int(time.time())
+        self.tokens = TokenCounter()
+        self.authenticator = MasterKeyAuthenticator(settings.master_key)
+        self.session: aiohttp.ClientSession | None = None
+        self.providers: dict[str, Provider] = {}
+        self.router: Router
+        self.service: ChatService
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
+        openai = OpenAICompatProvider(self.session)
+        self.providers = {"openai": openai, "demo": DemoProvider(self.tokens)}
+        missing = {d.provider for m in self.config.models for d in m.deployments} - self.providers.keys()
+        if missing:
+            raise RuntimeError(f"providers not available in this build: {sorted(missing)}")
+        self.router = Router(self.config, self.providers)
+        self.service = ChatService(self.config, self.router, self.tokens)
+        # Long-lived objects built at start never become garbage: keep the collector off them.
+        gc.collect()
+        gc.freeze()
+
+    async def stop(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self.session is not None:
+            await self.session.close()
+
+    async def readiness_problems(self) -> list[str]:
+        return [] if self.session is not None and not self.session.closed else ["upstream client not started"]
+
+
+class App:
+    """The ASGI application: lifespan, then route lookup; errors become OpenAI envelopes here."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+        self.gateway = Gateway(settings, config)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        handler = ROUTES.get((scope["method"], scope["path"]))
+        try:
+            if handler is None:
+                if scope["path"] in PATHS:
+                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}")
+                raise NotFound(f"Unknown path {scope['path']}")
+            await handler(self.gateway, request)
+        except GatewayError as exc:
+            await send_error(send, exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await send_error(send, internal_error())
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> App:
+    settings = settings or Settings.from_env()
+    config = config or load_config(settings.config_path)
+    return App(settings, config)
+
+
+def app_from_env() -> Any:
+    """The uvicorn factory (``--workers`` needs an import string): settings from the environment."""
+    return create_app()

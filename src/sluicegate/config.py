@@ -1,0 +1,213 @@
+"""The configuration file: YAML with ``${ENV}`` interpolation, validated into frozen typed settings.
+
+This module and ``settings.py`` are the only readers of the config file and the environment. Validation
+errors name the field and the line it sits on, so ``sluicegate check-config`` can point at the mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config file is unusable; ``problems`` lists each as ``"line N: field: message"``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Seconds. ``first_token`` runs from sending the request to the first chunk; ``idle`` between chunks."""
+
+    connect: float = Field(default=5.0, gt=0)
+    headers: float = Field(default=30.0, gt=0)
+    first_token: float = Field(default=60.0, gt=0)
+    idle: float = Field(default=60.0, gt=0)
+    total: float = Field(default=600.0, gt=0)
+
+
+class Price(_Strict):
+    """Credits per million tokens."""
+
+    input: float = Field(default=0.0, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+
+class Deployment(_Strict):
+    provider: Literal["openai", "anthropic", "gemini", "demo"]
+    model: str = ""
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    weight: float = Field(default=1.0, gt=0)
+    timeouts: Timeouts = Timeouts()
+    # End the stream with stream_error on a malformed upstream event instead of dropping the event.
+    strict: bool = False
+    # Anthropic requires max_tokens; used when the client sends none.
+    default_max_tokens: int = Field(default=4096, gt=0)
+    # Demo provider pacing, milliseconds between tokens.
+    token_delay_ms: float = Field(default=20.0, ge=0)
+
+    @model_validator(mode="after")
+    def _needs_base(self) -> Deployment:
+        if self.provider == "openai" and not self.api_base:
+            raise ValueError("api_base is required for provider 'openai'")
+        if self.provider != "demo" and not self.model:
+            raise ValueError(f"model (the upstream model name) is required for provider {self.provider!r}")
+        return self
+
+
+class ModelConfig(_Strict):
+    id: str = Field(min_length=1)
+    deployments: list[Deployment] = Field(min_length=1)
+    fallbacks: list[str] = []
+    price: Price = Price()
+    owned_by: str = "sluicegate"
+
+
+class ServerConfig(_Strict):
+    max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # After every choice has its finish_reason, how long to wait for the usage chunk and [DONE].
+    tail_grace: float = Field(default=2.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    server: ServerConfig = ServerConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for m in models:
+            if m.id in seen:
+                raise ValueError(f"duplicate model id {m.id!r}")
+            seen.add(m.id)
+        ids = {m.id for m in models}
+        for m in models:
+            for fb in m.fallbacks:
+                if fb not in ids:
+                    raise ValueError(f"model {m.id!r}: fallback {fb!r} is not a configured model")
+        return models
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        return None
+
+
+DEMO_CONFIG: dict[str, Any] = {
+    "models": [
+        {
+            "id": "demo",
+            "owned_by": "sluicegate",
+            "deployments": [{"provider": "demo", "model": "demo"}],
+        }
+    ]
+}
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, interpolate and validate a config file; ``None`` gives the built-in demo config."""
+    if path is None:
+        return GatewayConfig.model_validate(DEMO_CONFIG)
+    environ = os.environ if environ is None else environ
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
+    return parse_config(text, environ)
+
+
+def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    if node is None:
+        raise ConfigError(["the file is empty"])
+    problems: list[str] = []
+    data = _interpolate(yaml.safe_load(text), environ, problems, node, ())
+    if problems:
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        raise ConfigError(["line 1: the top level must be a mapping"])
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, node) for err in exc.errors()]) from exc
+
+
+def _interpolate(
+    value: Any, environ: Mapping[str, str], problems: list[str], root: yaml.Node, path: tuple[Any, ...]
+) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            line = _line_of(root, path)
+            where = f"line {line}: " if line else ""
+            problems.append(f"{where}{_dotted(path)}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, problems, root, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, problems, root, (*path, i)) for i, v in enumerate(value)]
+    return value
+
+
+def _describe(err: Any, root: yaml.Node) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "model-"))))
+    line = _line_of(root, loc)
+    where = f"line {line}: " if line else ""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}{_dotted(loc) or '(top level)'}: {msg}"
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _line_of(root: yaml.Node, path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest node along ``path`` that exists in the YAML document."""
+    node = root
+    line = node.start_mark.line + 1
+    for part in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, val in node.value:
+                if key.value == part:
+                    child = val
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

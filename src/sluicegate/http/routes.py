@@ -1,0 +1,25 @@
+"""Path → handler. This file stays a table."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from . import health, openai_api
+from .asgi import Request
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+
+Handler = Callable[["Gateway", Request], Awaitable[None]]
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/chat/completions"): openai_api.chat_completions,
+    ("POST", "/chat/completions"): openai_api.chat_completions,
+    ("GET", "/v1/models"): openai_api.list_models,
+    ("GET", "/models"): openai_api.list_models,
+    ("GET", "/healthz"): health.healthz,
+    ("GET", "/readyz"): health.readyz,
+}
+
+PATHS = frozenset(path for _, path in ROUTES)

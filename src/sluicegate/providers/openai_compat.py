@@ -1,0 +1,245 @@
+"""Adapter for any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, Groq, ...).
+
+The request body passes through with unknown fields intact; only the model name is rewritten and
+usage is always requested (``stream_options.include_usage``), so metering never depends on the
+client asking. Upstream errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import Deployment
+from ..errors import (
+    GatewayError,
+    StreamInterrupted,
+    UpstreamEmptyBody,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from ..types import ChatChunk, ChatRequest, ChoiceDelta, Completion, Usage
+from .base import StreamStats
+from .sse import SseDecoder
+
+log = logging.getLogger("sluicegate.providers.openai")
+
+_MAX_ERROR_BODY = 64 * 1024
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+class OpenAICompatProvider:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def aclose(self) -> None:
+        return None
+
+    def _headers(self, deployment: Deployment, request_id: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "x-request-id": request_id}
+        if deployment.api_key:
+            headers["Authorization"] = f"Bearer {deployment.api_key}"
+        return headers
+
+    def _url(self, deployment: Deployment) -> str:
+        assert deployment.api_base
+        return deployment.api_base.rstrip("/") + "/chat/completions"
+
+    async def _open(self, body: dict[str, Any], deployment: Deployment, request_id: str) -> aiohttp.ClientResponse:
+        t = deployment.timeouts
+        try:
+            async with asyncio.timeout(t.connect + t.headers):
+                resp = await self._session.post(
+                    self._url(deployment),
+                    data=orjson.dumps(body),
+                    headers=self._headers(deployment, request_id),
+                    timeout=aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect),
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"could not reach the upstream ({type(exc).__name__})") from exc
+        if resp.status >= 400:
+            try:
+                raw = await resp.content.read(_MAX_ERROR_BODY)
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.close()
+            raise translate_error(resp.status, raw, resp.headers)
+        return resp
+
+    async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
+        body = dict(request.body)
+        body["model"] = deployment.model
+        body.pop("stream", None)
+        resp = await self._open(body, deployment, request_id)
+        try:
+            raw = await resp.read()
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("the upstream connection failed while reading the response") from exc
+        finally:
+            resp.release()
+        if not raw.strip():
+            raise UpstreamEmptyBody("the upstream sent an empty body")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("the upstream sent a body that is not JSON") from exc
+        if not isinstance(obj, dict):
+            raise UpstreamEmptyBody("the upstream sent an unusable body")
+        if isinstance(obj.get("error"), dict):
+            raise _inband_error(obj)
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UpstreamEmptyBody("the upstream answer has no choices")
+        usage = obj.get("usage")
+        extra = {k: obj[k] for k in ("system_fingerprint", "service_tier") if obj.get(k) is not None}
+        return Completion(
+            choices=choices,
+            usage=Usage.from_openai(usage) if isinstance(usage, dict) else None,
+            extra=extra,
+        )
+
+    async def stream(
+        self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
+    ) -> AsyncIterator[list[ChatChunk]]:
+        body = dict(request.body)
+        body["model"] = deployment.model
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+        resp = await self._open(body, deployment, request_id)
+        decoder = SseDecoder()
+        finished = False
+        try:
+            content = resp.content
+            while True:
+                try:
+                    data = await content.readany()
+                except aiohttp.ClientError as exc:
+                    raise StreamInterrupted("upstream stream interrupted") from exc
+                if not data:
+                    break
+                batch: list[ChatChunk] = []
+                failure: Exception | None = None
+                for event in decoder.feed(data):
+                    payload = event.data
+                    if payload == b"[DONE]":
+                        finished = True
+                        break
+                    try:
+                        chunk = _parse_chunk(payload, deployment, stats)
+                    except (UpstreamError, StreamInterrupted) as exc:
+                        # Deliver what came before the failure, whatever the read boundaries were.
+                        failure = exc
+                        break
+                    if chunk is not None:
+                        batch.append(chunk)
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
+                if finished:
+                    return
+        finally:
+            if finished:
+                resp.release()  # reused only if the body is fully read; aiohttp closes it otherwise
+            else:
+                resp.close()
+
+
+def _parse_chunk(payload: bytes, deployment: Deployment, stats: StreamStats) -> ChatChunk | None:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+        raise _inband_error(obj)
+    choices_raw = obj.get("choices") if isinstance(obj, dict) else None
+    if not isinstance(choices_raw, list):
+        stats.malformed_events += 1
+        if not stats.valid_events:
+            # Nothing reached the client yet: an invalid first chunk is a failed attempt, not a stream to patch up.
+            raise UpstreamError("the upstream sent an invalid first chunk")
+        if deployment.strict:
+            raise StreamInterrupted("upstream sent a malformed event")
+        log.warning("dropped a malformed upstream event (%d bytes)", len(payload))
+        return None
+    assert isinstance(obj, dict)
+    stats.valid_events += 1
+    choices: list[ChoiceDelta] = []
+    for c in choices_raw:
+        if not isinstance(c, dict):
+            continue
+        delta = c.get("delta")
+        index = c.get("index")
+        choices.append(
+            ChoiceDelta(
+                index=index if isinstance(index, int) else 0,
+                delta=delta if isinstance(delta, dict) else {},
+                finish_reason=c.get("finish_reason"),
+                logprobs=c.get("logprobs"),
+            )
+        )
+    usage = obj.get("usage")
+    return ChatChunk(choices, Usage.from_openai(usage) if isinstance(usage, dict) else None)
+
+
+def _inband_error(obj: dict[str, Any]) -> UpstreamError:
+    """An ``{"error": ...}`` object inside a 200 body, as vLLM and others send."""
+    err = obj["error"]
+    message = str(err.get("message") or "the upstream reported an error")
+    return UpstreamError(f"upstream error: {message}", retryable=True)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    secs = headers.get("retry-after")
+    if secs:
+        try:
+            return max(0.0, float(secs))
+        except ValueError:
+            return None
+    return None
+
+
+def translate_error(status: int, raw: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """Map an upstream HTTP error to the gateway's error tree (SPEC §6)."""
+    retry_after = _retry_after(headers)
+    if status in (401, 403):
+        # Our provider key was refused: the gateway's misconfiguration, not the caller's fault.
+        return UpstreamError(f"the upstream refused the gateway's credentials (HTTP {status})", retryable=True)
+    if status >= 500:
+        return UpstreamError(f"the upstream failed (HTTP {status})", retryable=True, retry_after=retry_after)
+    body: Any = None
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    if not (isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" in body["error"]):
+        text = raw.decode("utf-8", "replace").strip()[:500] or f"upstream returned HTTP {status}"
+        body = {
+            "error": {
+                "message": text,
+                "type": "invalid_request_error" if status != 429 else "rate_limit_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    else:
+        err = body["error"]
+        body = {"error": {"param": None, "code": None, "type": "invalid_request_error", **err}}
+    return UpstreamStatus(status, body, retryable=status in _RETRYABLE_STATUS, retry_after=retry_after)

@@ -1,0 +1,57 @@
+"""Which deployments may answer a public model, in the order they are tried.
+
+A model's own deployments come first (a weighted random order, so traffic spreads across keys and
+providers), then each fallback model's deployments, in the configured order. The response is
+attributed to the public model of the deployment that answered.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from .config import Deployment, GatewayConfig, ModelConfig
+from .providers.base import Provider
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model: ModelConfig
+    deployment: Deployment
+    provider: Provider
+    is_fallback: bool
+
+
+class Router:
+    def __init__(self, config: GatewayConfig, providers: Mapping[str, Provider], rng: random.Random | None = None):
+        self._models = {m.id: m for m in config.models}
+        self._providers = providers
+        self._rng = rng or random.Random()
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        return self._models.get(model_id)
+
+    @property
+    def models(self) -> list[ModelConfig]:
+        return list(self._models.values())
+
+    def targets(self, model: ModelConfig) -> Iterator[Target]:
+        yield from self._deployments(model, is_fallback=False)
+        for fallback_id in model.fallbacks:
+            fallback = self._models.get(fallback_id)
+            if fallback is not None and fallback.id != model.id:
+                yield from self._deployments(fallback, is_fallback=True)
+
+    def _deployments(self, model: ModelConfig, *, is_fallback: bool) -> Iterator[Target]:
+        deployments = model.deployments
+        if len(deployments) > 1:
+            deployments = self._weighted_order(deployments)
+        for deployment in deployments:
+            yield Target(model, deployment, self._providers[deployment.provider], is_fallback)
+
+    def _weighted_order(self, deployments: list[Deployment]) -> list[Deployment]:
+        # Efraimidis-Spirakis: sort by u^(1/w), a weighted shuffle without replacement.
+        keyed = [(self._rng.random() ** (1.0 / d.weight), i) for i, d in enumerate(deployments)]
+        keyed.sort(reverse=True)
+        return [deployments[i] for _, i in keyed]

@@ -6,19 +6,24 @@ in the lifespan and closes them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
 from typing import Any
 
 import aiohttp
+from redis.asyncio import from_url as redis_from_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .admin import Admin
 from .config import GatewayConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
-from .http.auth import MasterKeyAuthenticator
 from .http.errors import internal_error
-from .http.routes import PATHS, ROUTES
+from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
+from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .metering.tokens import TokenCounter
 from .providers.base import Provider
 from .providers.demo import DemoProvider
@@ -26,8 +31,12 @@ from .providers.openai_compat import OpenAICompatProvider
 from .routing import Router
 from .service import ChatService
 from .settings import Settings
+from .storage.db import create_engine
+from .storage.identity import IdentityStore
+from .storage.migrations import migrate
 
 log = logging.getLogger("sluicegate")
+LAST_USED_FLUSH_SECONDS = 5.0
 
 
 class Gateway:
@@ -38,17 +47,51 @@ class Gateway:
         self.config = config
         self.started_at = int(time.time())
         self.tokens = TokenCounter()
-        self.authenticator = MasterKeyAuthenticator(settings.master_key)
+        self.master = MasterKeyAuthenticator(settings.master_key)
         self.session: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
+        self.engine: AsyncEngine | None = None
+        self.redis: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.router: Router
         self.service: ChatService
+        self.authenticator: KeyAuthenticator
+        self.bus: LocalBus
+        self.admin: Admin
+        self.identity: IdentityStore
+
+    async def open_store(self) -> None:
+        """Store, migrations, identity cache and bus: shared by ``serve`` and the CLI."""
+        self.engine = create_engine(self.settings.database_url)
+        await migrate(self.engine)
+        self.identity = IdentityStore(self.engine)
+        self.authenticator = KeyAuthenticator(self.identity, self.master, ttl=self.config.auth.cache_ttl)
+        if self.settings.redis_url:
+            self.redis = redis_from_url(self.settings.redis_url)
+            self.bus = RedisBus(self.redis, self.authenticator)
+        else:
+            self.bus = LocalBus(self.authenticator)
+        self.admin = Admin(self.identity, self.bus)
+
+    async def close_store(self) -> None:
+        await self.bus.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.engine is not None:
+            await self.engine.dispose()
 
     async def start(self) -> None:
+        await self.open_store()
+        if isinstance(self.bus, RedisBus):
+            self.bus.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._flush_last_used()))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
         openai = OpenAICompatProvider(self.session)
-        self.providers = {"openai": openai, "demo": DemoProvider(self.tokens)}
+        self.providers = {
+            "openai": openai,
+            "demo": DemoProvider(self.tokens),
+        }
         missing = {d.provider for m in self.config.models for d in m.deployments} - self.providers.keys()
         if missing:
             raise RuntimeError(f"providers not available in this build: {sorted(missing)}")
@@ -58,14 +101,33 @@ class Gateway:
         gc.collect()
         gc.freeze()
 
+    async def _flush_last_used(self) -> None:
+        """Last-use times are written in batches, never on the request path."""
+        while True:
+            await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+            try:
+                await self.identity.touch_keys(self.authenticator.take_last_used())
+            except Exception as exc:
+                log.warning("could not record key last-use times: %s", exc)
+
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.identity.touch_keys(self.authenticator.take_last_used())
+        await self.close_store()
         for provider in self.providers.values():
             await provider.aclose()
         if self.session is not None:
             await self.session.close()
 
     async def readiness_problems(self) -> list[str]:
-        return [] if self.session is not None and not self.session.closed else ["upstream client not started"]
+        problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]
+        try:
+            await self.identity.ping()
+        except Exception:
+            problems.append("store unreachable")
+        return problems
 
 
 class App:
@@ -85,6 +147,8 @@ class App:
         request = Request(scope, receive, send)
         handler = ROUTES.get((scope["method"], scope["path"]))
         try:
+            if handler is None:
+                handler = next((h for prefix, h in PREFIX_ROUTES if scope["path"].startswith(prefix)), None)
             if handler is None:
                 if scope["path"] in PATHS:
                     raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}")

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .cli_admin import groups, keys, migrate
 from .config import ConfigError, load_config
 
 
@@ -67,3 +68,8 @@ def check_config(path: str) -> None:
         sys.exit(1)
     deployments = sum(len(m.deployments) for m in config.models)
     click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments)")
+
+
+main.add_command(groups)
+main.add_command(keys)
+main.add_command(migrate)

@@ -85,9 +85,16 @@ class ServerConfig(_Strict):
     tail_grace: float = Field(default=2.0, gt=0)
 
 
+class AuthConfig(_Strict):
+    # How long a verified key is trusted from memory. Revocation is immediate on the process that
+    # revoked and, with Redis, on every other; without Redis other processes see it within this TTL.
+    cache_ttl: float = Field(default=5.0, gt=0, le=300)
+
+
 class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("models")
     @classmethod

@@ -16,8 +16,10 @@ an SSE ``stream_error`` frame (SPEC §7).
     ├── NotFound                  404 (route)
     │   └── ModelNotFound             model_not_found
     ├── MethodNotAllowed          405 method_not_allowed
+    ├── Conflict                  409 conflict (admin: name taken, group in use)
     ├── RateLimited               429 rate_limit_exceeded
     ├── Overloaded                503 overloaded (load shedding)
+    ├── StoreUnavailable          503 store_unavailable (fail closed)
     ├── InternalError             500 internal_error
     └── UpstreamError             502 upstream_error  (an attempt at one deployment failed)
         ├── UpstreamEmptyBody         502 upstream_empty_body
@@ -100,6 +102,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
@@ -116,6 +124,14 @@ class Overloaded(GatewayError):
     status = 503
     type = "server_error"
     code = "overloaded"
+
+
+class StoreUnavailable(GatewayError):
+    """The store cannot be reached; requests that need it fail closed."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
 
 
 class InternalError(GatewayError):

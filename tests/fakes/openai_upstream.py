@@ -13,7 +13,8 @@ Usage (synchronous, so it fits plain pytest fixtures; the server runs its own lo
         assert fake.requests[0].scenario == "text:3"
 
 Endpoints: ``POST /v1/chat/completions`` (stream and non-stream) and ``GET /v1/models``. HTTP/1.1 keep-alive with
-many requests per connection; request bodies must carry ``Content-Length``.
+many requests per connection; request bodies with ``Content-Length`` or chunked. ``GET /v1/models`` lists
+``FakeOpenAI.models`` and ignores scenarios.
 
 Scenario grammar
 ----------------
@@ -90,6 +91,7 @@ Scenarios (stream behaviour; non-stream behaviour in brackets when it differs fr
 - ``reject_prefill``: 400 ``invalid_request_error`` when the last message is from the assistant (a provider that
   does not support prefill), otherwise normal.
 
+Every response carries the header ``x-fake-scenario`` naming the scenario that produced it.
 Times in ``RecordedRequest`` come from ``time.monotonic()`` so tests can compare them with their own readings.
 """
 
@@ -315,14 +317,42 @@ class _Connection(asyncio.Protocol):
         await self.data_arrived.wait()
         return True
 
-    async def read_request(self) -> _Request | None:
-        """The next request on this connection, or None when the client closed it."""
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+    async def _read_until(self, marker: bytes) -> bytes | None:
+        """Bytes up to ``marker`` (consumed, not returned), or None when the client closed first."""
+        while (end := self.buffer.find(marker)) < 0:
             if not await self._more_data():
                 return None
-        head = bytes(self.buffer[:end]).decode("latin-1")
-        del self.buffer[: end + 4]
-        request_line, *lines = head.lstrip("\r\n").split("\r\n")
+        data = bytes(self.buffer[:end])
+        del self.buffer[: end + len(marker)]
+        return data
+
+    async def _read_exact(self, size: int) -> bytes | None:
+        while len(self.buffer) < size:
+            if not await self._more_data():
+                return None
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def _read_chunked(self) -> bytes | None:
+        body = bytearray()
+        while (size_line := await self._read_until(b"\r\n")) is not None:
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                while await self._read_until(b"\r\n"):  # trailers, up to the empty line
+                    pass
+                return bytes(body)
+            if (data := await self._read_exact(size + 2)) is None:
+                return None
+            body += data[:-2]
+        return None
+
+    async def read_request(self) -> _Request | None:
+        """The next request on this connection, or None when the client closed it."""
+        head = await self._read_until(b"\r\n\r\n")
+        if head is None:
+            return None
+        request_line, *lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
         method, target, version = request_line.split(" ", 2)
         headers: dict[str, str] = {}
         for line in lines:
@@ -331,12 +361,12 @@ class _Connection(asyncio.Protocol):
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
         if headers.get("expect", "").lower() == "100-continue":
             self.write_now(b"HTTP/1.1 100 Continue\r\n\r\n")
-        length = int(headers.get("content-length", "0"))
-        while len(self.buffer) < length:
-            if not await self._more_data():
-                return None
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await self._read_chunked()
+        else:
+            body = await self._read_exact(int(headers.get("content-length", "0")))
+        if body is None:
+            return None
         connection = headers.get("connection", "").lower()
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         return _Request(method.upper(), target.split("?", 1)[0], headers, body, keep_alive)

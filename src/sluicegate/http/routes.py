@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import health, openai_api
+from . import admin_api, health, openai_api
 from .asgi import Request
 
 if TYPE_CHECKING:
@@ -23,3 +23,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 PATHS = frozenset(path for _, path in ROUTES)
+
+# Path prefixes whose handler routes the rest itself (paths with parameters).
+PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = ((admin_api.PREFIX, admin_api.dispatch),)

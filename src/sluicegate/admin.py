@@ -1,0 +1,221 @@
+"""Administration of groups and API keys: the one implementation behind the admin API and the CLI.
+
+Every change that affects who may call what is announced on the identity bus, so cached credentials on
+this process and on every replica are dropped at once (SPEC: revocation within a second with Redis).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Protocol
+
+from .errors import Conflict, InvalidRequest, NotFound
+from .keys import generate_key
+from .storage.identity import Conflict as StoreConflict
+from .storage.identity import GroupRow, IdentityStore, KeyRow
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
+_PATTERN = re.compile(r"[A-Za-z0-9*?.\-_:/\[\]!@]{1,200}")
+
+
+class IdentityBus(Protocol):
+    """Tells every process that cached identity data changed."""
+
+    async def key_changed(self, key_id: str) -> None: ...
+    async def group_changed(self, group_name: str) -> None: ...
+
+
+class AuditSink(Protocol):
+    async def admin_action(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None: ...
+
+
+def group_view(g: GroupRow) -> dict[str, Any]:
+    return {"name": g.name, "id": g.id, "models": list(g.models), "created_at": g.created_at}
+
+
+def key_view(k: KeyRow, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    status = "revoked" if k.revoked else ("expired" if k.expires_at is not None and k.expires_at <= now else "active")
+    return {
+        "id": k.id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "group": k.group_name,
+        "models": list(k.models) if k.models is not None else None,
+        "expires_at": k.expires_at,
+        "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
+        "revoked": k.revoked,
+        "revoked_at": k.revoked_at,
+        "status": status,
+    }
+
+
+def parse_models(value: Any, param: str) -> list[str]:
+    """Model ids or wildcard patterns, from a JSON list or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise InvalidRequest(f"'{param}' must be a list of model ids or patterns", param=param)
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not _PATTERN.fullmatch(item.strip()):
+            raise InvalidRequest(f"'{param}' holds an invalid model id or pattern: {item!r}", param=param)
+        out.append(item.strip())
+    return out
+
+
+def _check_name(name: Any, param: str = "name") -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"'{param}' must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param=param,
+        )
+    return name
+
+
+class Admin:
+    def __init__(self, store: IdentityStore, bus: IdentityBus, audit: AuditSink | None = None) -> None:
+        self._store = store
+        self._bus = bus
+        self._audit = audit
+
+    async def _record(self, actor: str, action: str, target: str, **details: Any) -> None:
+        if self._audit is not None:
+            await self._audit.admin_action(actor, action, target, details)
+
+    # groups
+
+    async def create_group(self, name: Any, models: Any, actor: str = "admin") -> dict[str, Any]:
+        name = _check_name(name)
+        patterns = parse_models(models if models is not None else [], "models")
+        try:
+            group = await self._store.create_group(name, patterns)
+        except StoreConflict as exc:
+            raise Conflict(str(exc), param="name") from exc
+        await self._record(actor, "group.create", name, models=patterns)
+        return group_view(group)
+
+    async def group(self, name: str) -> GroupRow:
+        group = await self._store.get_group(name)
+        if group is None:
+            raise NotFound(f"no group named {name!r}")
+        return group
+
+    async def list_groups(self) -> list[dict[str, Any]]:
+        return [group_view(g) for g in await self._store.list_groups()]
+
+    async def show_group(self, name: str) -> dict[str, Any]:
+        return group_view(await self.group(name))
+
+    async def set_group_models(self, name: str, models: Any, actor: str = "admin") -> dict[str, Any]:
+        group = await self.group(name)
+        patterns = parse_models(models, "models")
+        await self._store.set_group_models(group.id, patterns)
+        await self._bus.group_changed(group.name)
+        await self._record(actor, "group.set_models", name, models=patterns)
+        return group_view(await self.group(name))
+
+    async def grant(self, name: str, pattern: Any, actor: str = "admin") -> dict[str, Any]:
+        group = await self.group(name)
+        (added,) = parse_models([pattern], "model")
+        models = list(group.models) + ([added] if added not in group.models else [])
+        return await self.set_group_models(name, models, actor)
+
+    async def revoke_grant(self, name: str, pattern: str, actor: str = "admin") -> dict[str, Any]:
+        group = await self.group(name)
+        if pattern not in group.models:
+            raise NotFound(f"group {name!r} has no grant {pattern!r}")
+        return await self.set_group_models(name, [m for m in group.models if m != pattern], actor)
+
+    async def delete_group(self, name: str, actor: str = "admin") -> None:
+        group = await self.group(name)
+        if await self._store.count_keys(group.id):
+            raise Conflict(f"group {name!r} still has keys; revoke or move them first")
+        await self._store.delete_group(group.id)
+        await self._bus.group_changed(group.name)
+        await self._record(actor, "group.delete", name)
+
+    # keys
+
+    async def create_key(
+        self,
+        name: Any,
+        group: Any,
+        models: Any = None,
+        expires_at: Any = None,
+        actor: str = "admin",
+    ) -> dict[str, Any]:
+        """Create a key; the returned ``key`` is the only time the secret is ever shown."""
+        name = _check_name(name)
+        grp = await self.group(_check_name(group, "group"))
+        narrowing = parse_models(models, "models") if models is not None else None
+        expiry = _expiry(expires_at)
+        for _ in range(3):
+            new = generate_key()
+            try:
+                key_id = await self._store.create_key(
+                    name=name,
+                    prefix=new.prefix,
+                    key_hash=new.key_hash,
+                    group_id=grp.id,
+                    models=narrowing,
+                    expires_at=expiry,
+                )
+                break
+            except StoreConflict as exc:
+                if await self._store.find_key(name):
+                    raise Conflict(f"a key named {name!r} already exists", param="name") from exc
+        else:
+            raise Conflict("could not allocate a unique key prefix; try again")
+        await self._record(actor, "key.create", name, group=grp.name, prefix=new.prefix)
+        row = await self.key(key_id)
+        return {**key_view(row), "key": new.secret}
+
+    async def key(self, ref: str) -> KeyRow:
+        row = await self._store.find_key(ref)
+        if row is None:
+            raise NotFound(f"no key with name or prefix {ref!r}")
+        return row
+
+    async def list_keys(self, group: str | None = None) -> list[dict[str, Any]]:
+        group_id = (await self.group(group)).id if group else None
+        now = time.time()
+        return [key_view(k, now) for k in await self._store.list_keys(group_id)]
+
+    async def show_key(self, ref: str) -> dict[str, Any]:
+        return key_view(await self.key(ref))
+
+    async def revoke_key(self, ref: str, actor: str = "admin") -> dict[str, Any]:
+        row = await self.key(ref)
+        if not row.revoked:
+            await self._store.revoke_key(row.id)
+        await self._bus.key_changed(row.id)
+        await self._record(actor, "key.revoke", row.name, prefix=row.prefix)
+        return key_view(await self.key(row.id))
+
+    async def rotate_key(self, ref: str, actor: str = "admin") -> dict[str, Any]:
+        """A new secret for the same identity (name, group, grants, history); the old secret stops working."""
+        row = await self.key(ref)
+        if row.revoked:
+            raise Conflict(f"key {row.name!r} is revoked; create a new one")
+        new = generate_key()
+        await self._store.rotate_key(row.id, new.prefix, new.key_hash)
+        await self._bus.key_changed(row.id)
+        await self._record(actor, "key.rotate", row.name, old_prefix=row.prefix, prefix=new.prefix)
+        return {**key_view(await self.key(row.id)), "key": new.secret}
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _expiry(value: Any) -> float | None:
+    """``None``, epoch seconds, or a duration from now such as ``30d`` or ``12h``."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > time.time():
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())) and int(m.group(1)) > 0:
+        return time.time() + int(m.group(1)) * _UNIT[m.group(2)]
+    raise InvalidRequest("'expires' must be a future epoch time or a duration such as '30d'", param="expires")

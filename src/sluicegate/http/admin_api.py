@@ -1,0 +1,108 @@
+"""The admin API under ``/admin/v1/``: thin JSON front door to ``admin.Admin`` (the CLI is the other).
+
+    GET    /admin/v1/groups                      list groups
+    POST   /admin/v1/groups                      {"name", "models": [...]}
+    GET    /admin/v1/groups/{name}
+    PATCH  /admin/v1/groups/{name}               {"models": [...]}  (replaces the grants)
+    DELETE /admin/v1/groups/{name}               refused while the group has keys
+    POST   /admin/v1/groups/{name}/grants        {"model": "claude-*"}
+    DELETE /admin/v1/groups/{name}/grants/{pat}
+    GET    /admin/v1/keys[?group=NAME]           list keys (never secrets)
+    POST   /admin/v1/keys                        {"name", "group", "models"?, "expires"?} → the key, shown once
+    GET    /admin/v1/keys/{name-or-prefix}
+    POST   /admin/v1/keys/{name-or-prefix}/revoke
+    POST   /admin/v1/keys/{name-or-prefix}/rotate → the new key, shown once
+
+Only the master key is accepted. Errors use the OpenAI envelope like every other endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote
+
+import orjson
+
+from ..errors import AuthenticationFailed, GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from ..identity import INVALID_KEY_MESSAGE
+from .asgi import Request, send_error, send_json
+from .auth import extract_credential
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+
+PREFIX = "/admin/v1/"
+_MAX_ADMIN_BODY = 1024 * 1024
+
+
+async def dispatch(gw: Gateway, request: Request) -> None:
+    try:
+        credential = extract_credential(request.header(b"authorization"), request.header(b"x-api-key"))
+        if not gw.master.is_master(credential):
+            raise AuthenticationFailed(INVALID_KEY_MESSAGE)
+        parts = [unquote(p) for p in request.path[len(PREFIX) :].split("/") if p]
+        status, result = await _route(gw, request, parts)
+    except GatewayError as exc:
+        await send_error(request.send, exc)
+        return
+    await send_json(request.send, status, result)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await request.body(_MAX_ADMIN_BODY)
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("the request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": items}
+
+
+async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, Any]:
+    admin = gw.admin
+    method = request.method
+    match parts:
+        case ["groups"]:
+            if method == "GET":
+                return 200, _listing(await admin.list_groups())
+            if method == "POST":
+                body = await _json(request)
+                return 201, await admin.create_group(body.get("name"), body.get("models"))
+        case ["groups", name]:
+            if method == "GET":
+                return 200, await admin.show_group(name)
+            if method == "PATCH":
+                body = await _json(request)
+                return 200, await admin.set_group_models(name, body.get("models"))
+            if method == "DELETE":
+                await admin.delete_group(name)
+                return 200, {"deleted": True, "name": name}
+        case ["groups", name, "grants"] if method == "POST":
+            body = await _json(request)
+            return 200, await admin.grant(name, body.get("model"))
+        case ["groups", name, "grants", pattern] if method == "DELETE":
+            return 200, await admin.revoke_grant(name, pattern)
+        case ["keys"]:
+            if method == "GET":
+                group = parse_qs(request.scope.get("query_string", b"").decode()).get("group", [None])[0]
+                return 200, _listing(await admin.list_keys(group))
+            if method == "POST":
+                body = await _json(request)
+                created = await admin.create_key(
+                    body.get("name"), body.get("group"), body.get("models"), body.get("expires")
+                )
+                return 201, created
+        case ["keys", ref] if method == "GET":
+            return 200, await admin.show_key(ref)
+        case ["keys", ref, "revoke"] if method == "POST":
+            return 200, await admin.revoke_key(ref)
+        case ["keys", ref, "rotate"] if method == "POST":
+            return 200, await admin.rotate_key(ref)
+        case _:
+            raise NotFound(f"Unknown admin path {request.path}")
+    raise MethodNotAllowed(f"Method {method} is not allowed on {request.path}")

@@ -92,7 +92,7 @@ def _check_message(i: int, message: Any) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"{where} must be an object", param=where)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(
             f"{where}.role must be one of system, developer, user, assistant, tool", param=f"{where}.role"
         )
@@ -165,7 +165,7 @@ def _check_tools(tools: Any, tool_choice: Any) -> None:
             fn = tool.get("function") if isinstance(tool, dict) else None
             if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]):
                 raise InvalidRequest(f"tools[{i}] needs a 'function' with a 'name'", param=f"tools[{i}].function")
-    if tool_choice is None or tool_choice in _TOOL_CHOICES:
+    if tool_choice is None or (isinstance(tool_choice, str) and tool_choice in _TOOL_CHOICES):
         return
     if isinstance(tool_choice, dict) and isinstance(tool_choice.get("type"), str):
         return

@@ -1,0 +1,259 @@
+"""``parse_chat_request``: SPEC §3 validation, each error naming its field, pass-through and stripping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from sluicegate.chat_request import parse_chat_request
+from sluicegate.errors import InvalidRequest
+from sluicegate.types import ChatRequest
+
+USER = {"role": "user", "content": "hi"}
+
+
+def parse(**body: Any) -> ChatRequest:
+    return parse_chat_request(orjson.dumps({"model": "m", "messages": [USER], **body}))
+
+
+def rejected(raw: bytes) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(raw)
+    err = info.value
+    assert (err.status, err.type, err.code) == (400, "invalid_request_error", "invalid_body")
+    assert err.envelope()["error"]["param"] == err.param
+    return err
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"", "not valid JSON"),
+        (b"{", "not valid JSON"),
+        (b'{"model": "m", "messages": [}', "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'"text"', "must be a JSON object"),
+        (b"null", "must be a JSON object"),
+    ],
+)
+def test_body_not_a_json_object(raw: bytes, needle: str) -> None:
+    err = rejected(raw)
+    assert err.param is None and needle in err.message
+
+
+def body_with(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "m", "messages": [USER]}
+    for key, value in fields.items():
+        if value is _DROP:
+            body.pop(key)
+        else:
+            body[key] = value
+    return body
+
+
+_DROP = object()
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+INVALID: list[tuple[dict[str, Any], str]] = [
+    # model and messages
+    (body_with(model=_DROP), "model"),
+    (body_with(model=""), "model"),
+    (body_with(model=5), "model"),
+    (body_with(model=None), "model"),
+    (body_with(messages=_DROP), "messages"),
+    (body_with(messages=[]), "messages"),
+    (body_with(messages={"role": "user", "content": "x"}), "messages"),
+    (body_with(messages=["hi"]), "messages[0]"),
+    (body_with(messages=[USER, {"content": "x"}]), "messages[1].role"),
+    (body_with(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
+    (body_with(messages=[{"role": ["user"], "content": "x"}]), "messages[0].role"),
+    (body_with(messages=[{"role": {"name": "user"}, "content": "x"}]), "messages[0].role"),
+    (body_with(messages=[{"role": "user"}]), "messages[0].content"),
+    (body_with(messages=[{"role": "user", "content": None}]), "messages[0].content"),
+    (body_with(messages=[{"role": "user", "content": 7}]), "messages[0].content"),
+    (body_with(messages=[{"role": "user", "content": {"type": "text"}}]), "messages[0].content"),
+    (body_with(messages=[{"role": "user", "content": [{"text": "no type"}]}]), "messages[0].content[0]"),
+    (body_with(messages=[{"role": "user", "content": ["bare"]}]), "messages[0].content[0]"),
+    (body_with(messages=[{"role": "assistant", "content": None}]), "messages[0].content"),
+    (body_with(messages=[{"role": "tool", "content": "42"}]), "messages[0].tool_call_id"),
+    (body_with(messages=[{"role": "tool", "content": "42", "tool_call_id": 1}]), "messages[0].tool_call_id"),
+    (
+        body_with(messages=[{"role": "user", "content": "x", "tool_calls": []}]),
+        "messages[0]",
+    ),
+    (
+        body_with(messages=[{"role": "assistant", "content": None, "tool_calls": {"id": "c"}}]),
+        "messages[0]",
+    ),
+    (
+        body_with(messages=[{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}]),
+        "messages[0].tool_calls[0]",
+    ),
+    (
+        body_with(messages=[{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "function": {}}]}]),
+        "messages[0].tool_calls[0]",
+    ),
+    # stream and stream_options
+    (body_with(stream="yes"), "stream"),
+    (body_with(stream=1), "stream"),
+    (body_with(stream_options={"include_usage": True}), "stream_options"),
+    (body_with(stream=False, stream_options={"include_usage": True}), "stream_options"),
+    (body_with(stream=True, stream_options=[]), "stream_options"),
+    (body_with(stream=True, stream_options={"include_usage": "true"}), "stream_options.include_usage"),
+    (body_with(stream=True, stream_options={"include_obfuscation": 0}), "stream_options.include_obfuscation"),
+    # sampling parameters
+    (body_with(temperature=2.01), "temperature"),
+    (body_with(temperature=-0.1), "temperature"),
+    (body_with(temperature="1"), "temperature"),
+    (body_with(temperature=True), "temperature"),
+    (body_with(top_p=1.5), "top_p"),
+    (body_with(top_p=-1), "top_p"),
+    (body_with(presence_penalty=2.5), "presence_penalty"),
+    (body_with(frequency_penalty=-2.5), "frequency_penalty"),
+    (body_with(max_tokens=0), "max_tokens"),
+    (body_with(max_tokens=1.5), "max_tokens"),
+    (body_with(max_tokens=True), "max_tokens"),
+    (body_with(max_completion_tokens=0), "max_completion_tokens"),
+    (body_with(max_completion_tokens="10"), "max_completion_tokens"),
+    (body_with(n=0), "n"),
+    (body_with(n=129), "n"),
+    (body_with(n=2.0), "n"),
+    (body_with(seed="1"), "seed"),
+    (body_with(seed=1.5), "seed"),
+    (body_with(top_logprobs=21), "top_logprobs"),
+    (body_with(top_logprobs=-1), "top_logprobs"),
+    (body_with(logprobs="true"), "logprobs"),
+    (body_with(parallel_tool_calls=1), "parallel_tool_calls"),
+    (body_with(stop=3), "stop"),
+    (body_with(stop=["a", "b", "c", "d", "e"]), "stop"),
+    (body_with(stop=["a", 1]), "stop"),
+    (body_with(stop={"a": 1}), "stop"),
+    # tools
+    (body_with(tools={"type": "function"}), "tools"),
+    (body_with(tools=[TOOL, {"type": "function"}]), "tools[1].function"),
+    (body_with(tools=[{"type": "function", "function": {"name": ""}}]), "tools[0].function"),
+    (body_with(tools=["f"]), "tools[0].function"),
+    (body_with(tools=[TOOL], tool_choice="sometimes"), "tool_choice"),
+    (body_with(tools=[TOOL], tool_choice={"function": {"name": "f"}}), "tool_choice"),
+    (body_with(tools=[TOOL], tool_choice=1), "tool_choice"),
+    (body_with(tools=[TOOL], tool_choice=["auto"]), "tool_choice"),
+    # others
+    (body_with(response_format="json"), "response_format"),
+    (body_with(response_format={}), "response_format"),
+    (body_with(response_format={"type": 1}), "response_format"),
+    (body_with(user=5), "user"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), INVALID, ids=[f"{i}-{param}" for i, (_, param) in enumerate(INVALID)])
+def test_invalid_field_is_named(body: dict[str, Any], param: str) -> None:
+    err = rejected(orjson.dumps(body))
+    assert err.param == param, err.message
+    assert param.split(".")[0].split("[")[0] in err.message
+
+
+VALID: list[dict[str, Any]] = [
+    {"temperature": 0},
+    {"temperature": 2},
+    {"temperature": 0.7, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2},
+    {"seed": -5},
+    {"top_logprobs": 0, "logprobs": True},
+    {"stop": "END"},
+    {"stop": ["a", "b", "c", "d"]},
+    {"stop": None},
+    {"tools": [TOOL], "tool_choice": "auto", "parallel_tool_calls": False},
+    {"tools": [TOOL], "tool_choice": "required"},
+    {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+    {"user": "u-1"},
+    {"stream": False, "stream_options": None},
+    {"n": 128},
+]
+
+
+@pytest.mark.parametrize("fields", VALID, ids=["-".join(f) or "none" for f in VALID])
+def test_valid_fields_are_forwarded_unchanged(fields: dict[str, Any]) -> None:
+    request = parse(**fields)
+    for key, value in fields.items():
+        assert request.body[key] == value
+
+
+def test_messages_of_every_role() -> None:
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "developer", "content": [{"type": "text", "text": "d"}]},
+        {"role": "user", "content": [{"type": "text", "text": "u"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        {"role": "assistant", "content": ""},
+    ]
+    request = parse_chat_request(orjson.dumps({"model": "m", "messages": messages}))
+    assert request.messages == messages
+    assert request.body["messages"] == messages
+
+
+def test_typed_fields() -> None:
+    request = parse(stream=True, stream_options={"include_usage": True}, n=3, user="alice", max_tokens=50)
+    assert (request.model, request.stream, request.include_usage, request.n, request.user) == (
+        "m",
+        True,
+        True,
+        3,
+        "alice",
+    )
+    assert request.max_tokens == 50
+    assert parse(max_tokens=50, max_completion_tokens=20).max_tokens == 20
+    defaults = parse()
+    assert (defaults.stream, defaults.include_usage, defaults.n, defaults.max_tokens, defaults.user) == (
+        False,
+        False,
+        1,
+        None,
+        None,
+    )
+    assert parse(stream=True).include_usage is False
+    assert parse(stream=True, stream_options={"include_usage": False}).include_usage is False
+    assert parse(stream=True, stream_options={}).include_usage is False
+
+
+def test_unknown_fields_pass_through() -> None:
+    future = {
+        "reasoning_effort": "low",
+        "some_future_field": {"nested": [1, 2]},
+        "store": False,
+        "modalities": ["text"],
+    }
+    request = parse(**future)
+    for key, value in future.items():
+        assert request.body[key] == value
+    assert request.body["model"] == "m" and request.body["messages"] == [USER]
+
+
+def test_governance_fields_are_stripped() -> None:
+    request = parse(
+        metadata={"team": "search", "ticket": "T-1"},
+        sluicegate_budget=99,
+        sluicegate={"key": "spoofed"},
+        SluiceGate_Group="admins",
+        sluicegatex=1,
+        keep_me=True,
+    )
+    assert request.metadata == {"team": "search", "ticket": "T-1"}
+    assert set(request.body) == {"model", "messages", "keep_me"}
+
+
+def test_non_object_metadata_is_stripped_and_not_kept() -> None:
+    request = parse(metadata="x")
+    assert request.metadata is None and "metadata" not in request.body
+
+
+def test_stream_options_forwarded_with_stream() -> None:
+    request = parse(stream=True, stream_options={"include_usage": True, "include_obfuscation": False})
+    assert request.body["stream_options"] == {"include_usage": True, "include_obfuscation": False}

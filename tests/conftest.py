@@ -33,6 +33,8 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
             {"id": "demo", "deployments": [{"provider": "demo", "token_delay_ms": 1}]},
         ],
         "server": {"max_body_bytes": 1024 * 1024, "tail_grace": 0.5},
+        # The contract tests see one attempt per request; retries and circuits are tested in test_resilience.py.
+        "routing": {"retry": {"max_attempts_per_deployment": 1}, "circuit": {"enabled": False}},
     }
 
 

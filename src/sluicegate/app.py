@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import time
+from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -25,11 +27,15 @@ from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
 from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .metering.tokens import TokenCounter
+from .policies.base import Policy, PolicyChain
+from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider
 from .providers.demo import DemoProvider
+from .providers.gemini import GeminiProvider
 from .providers.openai_compat import OpenAICompatProvider
+from .resilience import CircuitBreaker
 from .routing import Router
-from .service import ChatService
+from .service import ChatService, OpenStream
 from .settings import Settings
 from .storage.db import create_engine
 from .storage.identity import IdentityStore
@@ -53,6 +59,8 @@ class Gateway:
         self.engine: AsyncEngine | None = None
         self.redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.streams: set[OpenStream] = set()  # open streams, for the graceful shutdown
+        self.draining = False
         self.router: Router
         self.service: ChatService
         self.authenticator: KeyAuthenticator
@@ -90,16 +98,59 @@ class Gateway:
         openai = OpenAICompatProvider(self.session)
         self.providers = {
             "openai": openai,
+            "anthropic": AnthropicProvider(self.session),
+            "gemini": GeminiProvider(self.session),
             "demo": DemoProvider(self.tokens),
         }
         missing = {d.provider for m in self.config.models for d in m.deployments} - self.providers.keys()
         if missing:
             raise RuntimeError(f"providers not available in this build: {sorted(missing)}")
         self.router = Router(self.config, self.providers)
-        self.service = ChatService(self.config, self.router, self.tokens)
+        self.breaker = CircuitBreaker(self.config.routing.circuit)
+        if isinstance(self.bus, RedisBus):
+            self.breaker.on_change = self.bus.circuit_changed
+            self.bus.breaker = self.breaker
+        self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
+        self._install_drain_signal()
         # Long-lived objects built at start never become garbage: keep the collector off them.
         gc.collect()
         gc.freeze()
+
+    def policies(self) -> list[Policy]:
+        """The policy chain, in order: limits and budgets refuse early, DLP rewrites, sinks record last."""
+        return []
+
+    def _install_drain_signal(self) -> None:
+        """On SIGTERM, give open streams ``drain_timeout`` seconds, then end them with a stream_error frame.
+
+        uvicorn stops accepting and waits for in-flight requests on its own; we chain its handler.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+        except ValueError:
+            return
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self.begin_drain)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread (embedded use): the host handles signals
+            return
+
+    def begin_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining %d open stream(s) for up to %.0f s", len(self.streams), self.config.server.drain_timeout)
+        asyncio.get_running_loop().call_later(self.config.server.drain_timeout, self._abort_streams)
+
+    def _abort_streams(self) -> None:
+        for stream in list(self.streams):
+            stream.abort("gateway shutting down")
 
     async def _flush_last_used(self) -> None:
         """Last-use times are written in batches, never on the request path."""

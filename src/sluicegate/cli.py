@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -51,7 +52,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         lifespan="on",
         access_log=False,
         log_level=log_level,
-        timeout_graceful_shutdown=30,
+        # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
+        timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
     )
 
 

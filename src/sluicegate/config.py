@@ -50,6 +50,8 @@ class Price(_Strict):
 
 class Deployment(_Strict):
     provider: Literal["openai", "anthropic", "gemini", "demo"]
+    # A label for records, metrics and logs; defaults to "provider/model".
+    name: str | None = None
     model: str = ""
     api_base: str | None = None
     api_key: str | None = Field(default=None, repr=False)
@@ -61,6 +63,10 @@ class Deployment(_Strict):
     default_max_tokens: int = Field(default=4096, gt=0)
     # Demo provider pacing, milliseconds between tokens.
     token_delay_ms: float = Field(default=20.0, ge=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.provider}/{self.model or self.provider}"
 
     @model_validator(mode="after")
     def _needs_base(self) -> Deployment:
@@ -75,6 +81,8 @@ class ModelConfig(_Strict):
     id: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
     fallbacks: list[str] = []
+    # A larger-context model to use when the upstream says the prompt is too long.
+    context_window_fallback: str | None = None
     price: Price = Price()
     owned_by: str = "sluicegate"
 
@@ -83,6 +91,36 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     # After every choice has its finish_reason, how long to wait for the usage chunk and [DONE].
     tail_grace: float = Field(default=2.0, gt=0)
+    # Send ": keep-alive" comments while waiting for a slow first token after this many seconds (off when
+    # null). Trade-off: the first comment commits the status to 200, so a later failure is a stream_error frame.
+    keepalive_after: float | None = Field(default=None, gt=0)
+    keepalive_interval: float = Field(default=10.0, gt=0)
+    # On SIGTERM: how long in-flight streams may run before they are ended with a stream_error frame.
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+
+class RetryConfig(_Strict):
+    """Retries before the first byte only; never after the client has received content."""
+
+    max_attempts_per_deployment: int = Field(default=2, ge=1, le=10)
+    backoff_base: float = Field(default=0.2, ge=0)
+    backoff_max: float = Field(default=2.0, ge=0)
+    # Wait for an upstream's Retry-After up to this many seconds; a longer hint moves on to another deployment.
+    retry_after_cap: float = Field(default=2.0, ge=0)
+    # Total time spent on attempts and waits before giving up (the first-token timeouts still apply per attempt).
+    max_retry_time: float = Field(default=30.0, gt=0)
+
+
+class CircuitConfig(_Strict):
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)
+    window: float = Field(default=30.0, gt=0)
+    cooldown: float = Field(default=10.0, gt=0)
+
+
+class RoutingConfig(_Strict):
+    retry: RetryConfig = RetryConfig()
+    circuit: CircuitConfig = CircuitConfig()
 
 
 class AuthConfig(_Strict):
@@ -95,6 +133,7 @@ class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @field_validator("models")
     @classmethod
@@ -109,6 +148,10 @@ class GatewayConfig(_Strict):
             for fb in m.fallbacks:
                 if fb not in ids:
                     raise ValueError(f"model {m.id!r}: fallback {fb!r} is not a configured model")
+            if m.context_window_fallback is not None and m.context_window_fallback not in ids:
+                raise ValueError(
+                    f"model {m.id!r}: context_window_fallback {m.context_window_fallback!r} is not a configured model"
+                )
         return models
 
     def model(self, model_id: str) -> ModelConfig | None:

@@ -32,6 +32,7 @@ Messages never contain secrets: adapters build them from upstream bodies, which 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -197,7 +198,11 @@ class UpstreamStatus(UpstreamError):
         err = body.get("error") if isinstance(body.get("error"), dict) else {}
         assert isinstance(err, dict)
         message = str(err.get("message") or f"upstream returned HTTP {status}")
-        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            # Pass the upstream's hint on: the SDKs read retry-after-ms first, then retry-after.
+            headers = {"retry-after": str(math.ceil(retry_after)), "retry-after-ms": str(int(retry_after * 1000))}
+        super().__init__(message, retryable=retryable, retry_after=retry_after, headers=headers)
         self.status = status
         self.type = str(err.get("type") or ("server_error" if status >= 500 else "invalid_request_error"))
         self.code = str(err["code"]) if err.get("code") is not None else "upstream_error"

@@ -15,8 +15,9 @@ import hashlib
 import hmac
 import logging
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,9 @@ from .errors import AuthenticationFailed, StoreUnavailable
 from .keys import PREFIX_LEN, looks_like_key
 from .storage.identity import IdentityStore
 from .types import Principal
+
+if TYPE_CHECKING:
+    from .resilience import CircuitBreaker
 
 log = logging.getLogger("sluicegate.identity")
 
@@ -146,7 +150,18 @@ class RedisBus(LocalBus):
         super().__init__(auth)
         self._redis = redis
         self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         self.subscribed = asyncio.Event()
+        self.breaker: CircuitBreaker | None = None
+        self._origin = uuid.uuid4().hex
+
+    def circuit_changed(self, key: str, state: str) -> None:
+        """Called synchronously by the breaker; the publish runs in the background."""
+        task = asyncio.get_running_loop().create_task(
+            self._publish({"kind": "circuit", "key": key, "state": state, "origin": self._origin})
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def key_changed(self, key_id: str) -> None:
         await super().key_changed(key_id)
@@ -184,11 +199,15 @@ class RedisBus(LocalBus):
                 await asyncio.sleep(0.5)
 
     def _apply(self, data: Any) -> None:
-        if self.auth is None:
-            return
         try:
             message = orjson.loads(data)
         except (orjson.JSONDecodeError, TypeError):
+            return
+        if message.get("kind") == "circuit":
+            if self.breaker is not None and message.get("origin") != self._origin:
+                self.breaker.apply_remote(str(message.get("key")), str(message.get("state")))
+            return
+        if self.auth is None:
             return
         if message.get("kind") == "key":
             self.auth.forget_key(str(message.get("id")))

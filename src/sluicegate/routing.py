@@ -8,7 +8,7 @@ attributed to the public model of the deployment that answered.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import Deployment, GatewayConfig, ModelConfig
@@ -21,6 +21,7 @@ class Target:
     deployment: Deployment
     provider: Provider
     is_fallback: bool
+    key: str  # unique per deployment: the circuit breaker's and the metrics' handle
 
 
 class Router:
@@ -44,14 +45,16 @@ class Router:
                 yield from self._deployments(fallback, is_fallback=True)
 
     def _deployments(self, model: ModelConfig, *, is_fallback: bool) -> Iterator[Target]:
-        deployments = model.deployments
-        if len(deployments) > 1:
-            deployments = self._weighted_order(deployments)
-        for deployment in deployments:
-            yield Target(model, deployment, self._providers[deployment.provider], is_fallback)
+        order: Sequence[int] = range(len(model.deployments))
+        if len(model.deployments) > 1:
+            order = self._weighted_order(model.deployments)
+        for i in order:
+            deployment = model.deployments[i]
+            key = f"{model.id}#{i}:{deployment.label}"
+            yield Target(model, deployment, self._providers[deployment.provider], is_fallback, key)
 
-    def _weighted_order(self, deployments: list[Deployment]) -> list[Deployment]:
+    def _weighted_order(self, deployments: list[Deployment]) -> list[int]:
         # Efraimidis-Spirakis: sort by u^(1/w), a weighted shuffle without replacement.
         keyed = [(self._rng.random() ** (1.0 / d.weight), i) for i, d in enumerate(deployments)]
         keyed.sort(reverse=True)
-        return [deployments[i] for _, i in keyed]
+        return [i for _, i in keyed]

@@ -1,22 +1,26 @@
-"""The orchestrator of one chat request: targets → attempts → the client's answer.
+"""The orchestrator of one chat request: policies → targets → attempts → the answer → the record.
 
-Before the first byte, every failure is still an ordinary error: the first chunk is awaited
-(under the first-token timeout) before the response starts, so a failing upstream can be replaced
-by the next target or reported as an HTTP error. After it, failures become the ``stream_error``
-frame. Timeouts are enforced here, around the adapter's reads and never around writes to the
-client, so a slow reader is not mistaken for a silent upstream.
+Before the first byte, every failure is still an ordinary error: the first chunk is awaited (under the
+first-token timeout) before the response starts, so a failed attempt can be retried, replaced by the
+next deployment or fallback model, or reported as an HTTP error. After it, failures become the
+``stream_error`` frame, never a restart. Timeouts are enforced around the adapter's reads and never
+around writes to the client, so a slow reader is not mistaken for a silent upstream. Every request ends
+with a ``RequestRecord`` handed to the policies' after-hooks (metering, budgets, audit, metrics), and
+they complete before the last byte of the response, so a finished answer always has its record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .config import Deployment, GatewayConfig, ModelConfig
+from .config import GatewayConfig, ModelConfig
 from .errors import (
     GatewayError,
     ModelNotFound,
@@ -27,11 +31,17 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .http.sse import DONE, StreamEncoder, stream_error_frame
+from .metering.pricing import cost_micro
+from .metering.record import Attempt, RequestRecord
 from .metering.tokens import TokenCounter
 from .policies.access import check_model_access
+from .policies.base import Policy, PolicyChain, StreamFilter
 from .providers.base import StreamStats
+from .resilience import CircuitBreaker, backoff_delay
 from .routing import Router, Target
 from .types import ChatChunk, ChatRequest, Principal, Usage
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -45,9 +55,16 @@ class RequestContext:
     served_by: Target | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    started_wall: float = field(default_factory=time.time)
+    first_token_at: float | None = None
+    attempt_log: list[Attempt] = field(default_factory=list)
+    policies_run: list[Policy] = field(default_factory=list)
+    # Headers policies want on the response (e.g. x-ratelimit-*), whatever the outcome.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def response_headers(self) -> dict[str, str]:
         return {
+            **self.headers,
             "x-request-id": self.request_id,
             "x-sluicegate-attempts": str(self.attempts),
             "x-sluicegate-fallbacks": str(self.fallbacks),
@@ -59,10 +76,21 @@ def new_completion_id() -> str:
 
 
 class ChatService:
-    def __init__(self, config: GatewayConfig, router: Router, tokens: TokenCounter) -> None:
-        self._config = config
+    def __init__(
+        self,
+        config: GatewayConfig,
+        router: Router,
+        tokens: TokenCounter,
+        chain: PolicyChain | None = None,
+        breaker: CircuitBreaker | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
         self._router = router
         self._tokens = tokens
+        self.chain = chain or PolicyChain([])
+        self.breaker = breaker or CircuitBreaker(config.routing.circuit)
+        self._rng = rng or random.Random()
 
     def resolve(self, ctx: RequestContext) -> ModelConfig:
         """Model lookup and access check: 404 before 403, both before any upstream call."""
@@ -80,81 +108,200 @@ class ChatService:
             estimated=True,
         )
 
-    # -- non-streaming ---------------------------------------------------------------------------
+    # -- the record --------------------------------------------------------------------------------
+
+    def record(
+        self,
+        ctx: RequestContext,
+        *,
+        outcome: str,
+        status: int,
+        usage: Usage | None = None,
+        error_code: str | None = None,
+        partial: bool = False,
+    ) -> RequestRecord:
+        loop_now = asyncio.get_running_loop().time()
+        target = ctx.served_by
+        rec = RequestRecord(
+            request_id=ctx.request_id,
+            key_id=ctx.principal.key_id,
+            key_prefix=ctx.principal.key_prefix,
+            group=ctx.principal.group,
+            requested_model=ctx.request.model,
+            model=target.model.id if target else None,
+            deployment=target.deployment.label if target else None,
+            stream=ctx.request.stream,
+            started_at=ctx.started_wall,
+            user=ctx.request.user,
+            status=status,
+            outcome=outcome,
+            error_code=error_code,
+            usage=usage,
+            partial=partial,
+            latency_ms=(loop_now - ctx.started) * 1000,
+            ttft_ms=(ctx.first_token_at - ctx.started) * 1000 if ctx.first_token_at is not None else None,
+            attempts=ctx.attempt_log,
+        )
+        if usage is not None and target is not None:
+            rec.cost_micro = cost_micro(usage, target.model.price)
+        return rec
+
+    async def finish(self, ctx: RequestContext, record: RequestRecord) -> None:
+        await self.chain.after(ctx, record)
+
+    async def before(self, ctx: RequestContext) -> None:
+        """Run the before-hooks; a refusal still runs the after-hooks of the policies that ran."""
+        try:
+            await self.chain.before(ctx)
+        except GatewayError as exc:
+            await self.finish(ctx, self.record(ctx, outcome="rejected", status=exc.status, error_code=exc.code))
+            raise
+
+    # -- attempts ----------------------------------------------------------------------------------
+
+    async def _attempts(self, ctx: RequestContext, model: ModelConfig, call: Callable[[Target], Awaitable[T]]) -> T:
+        """Try targets in order with bounded retries; return the first success or raise the last error."""
+        loop = asyncio.get_running_loop()
+        retry = self.config.routing.retry
+        deadline = ctx.started + retry.max_retry_time
+        last_error: GatewayError | None = None
+        targets = self._router.targets(model)
+        context_fallback_used = False
+        while (target := next(targets, None)) is not None:
+            if not self.breaker.allow(target.key):
+                ctx.attempt_log.append(Attempt(target.model.id, target.deployment.label, False, "circuit_open"))
+                last_error = last_error or UpstreamUnavailable("every deployment of this model is unavailable")
+                continue
+            tries = 0
+            while True:
+                tries += 1
+                ctx.attempts += 1
+                started = loop.time()
+                try:
+                    result = await call(target)
+                except (UpstreamError, StreamInterrupted, TimeoutError) as exc:
+                    err = _pre_stream_error(exc)
+                    ctx.attempt_log.append(
+                        Attempt(
+                            target.model.id,
+                            target.deployment.label,
+                            False,
+                            err.code,
+                            err.status,
+                            (loop.time() - started) * 1000,
+                        )
+                    )
+                    last_error = err
+                    if err.retryable:
+                        self.breaker.failure(target.key)
+                    else:
+                        self.breaker.release_probe(target.key)
+                        fallback = model.context_window_fallback
+                        if err.code == "context_length_exceeded" and fallback and not context_fallback_used:
+                            fallback_model = self._router.model(fallback)
+                            if fallback_model is not None:
+                                context_fallback_used = True
+                                targets = self._router.targets(fallback_model)
+                                break
+                        raise err from exc
+                    wait = self._retry_wait(err, tries)
+                    if wait is None or loop.time() + wait >= deadline:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                except BaseException:
+                    self.breaker.release_probe(target.key)
+                    raise
+                self.breaker.success(target.key)
+                ctx.attempt_log.append(
+                    Attempt(target.model.id, target.deployment.label, True, latency_ms=(loop.time() - started) * 1000)
+                )
+                ctx.served_by = target
+                ctx.fallbacks = int(target.model.id != model.id)
+                return result
+            if loop.time() >= deadline:
+                break
+        raise last_error or UpstreamUnavailable("no deployment is available for this model")
+
+    def _retry_wait(self, err: UpstreamError, tries: int) -> float | None:
+        """Seconds to wait before retrying the same deployment, or None to move on."""
+        retry = self.config.routing.retry
+        if isinstance(err, UpstreamTimeout) or tries >= retry.max_attempts_per_deployment:
+            return None  # a silent route only multiplies the wait: move on
+        if err.retry_after is not None:
+            return err.retry_after if err.retry_after <= retry.retry_after_cap else None
+        return backoff_delay(retry, tries - 1, self._rng)
+
+    # -- non-streaming -----------------------------------------------------------------------------
 
     async def complete(self, ctx: RequestContext) -> dict[str, Any]:
         model = ctx.model or self.resolve(ctx)
-        last_error: GatewayError | None = None
-        for target in self._router.targets(model):
-            ctx.attempts += 1
-            try:
-                async with asyncio.timeout(target.deployment.timeouts.total):
-                    completion = await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
-            except TimeoutError:
-                last_error = UpstreamTimeout("the upstream did not answer in time")
-                continue
-            except UpstreamError as exc:
-                last_error = exc
-                if not exc.retryable:
-                    raise
-                continue
-            ctx.served_by = target
-            ctx.fallbacks = int(target.is_fallback)
-            usage = completion.usage
-            if usage is None:
-                text = "".join(_message_text(c) for c in completion.choices)
-                usage = self.estimate_usage(ctx.request, text)
-            return {
-                "id": new_completion_id(),
-                "object": "chat.completion",
-                "created": ctx.created,
-                "model": target.model.id,
-                "choices": completion.choices,
-                "usage": usage.to_openai(),
-                **completion.extra,
-            }
-        raise last_error or UpstreamUnavailable("no deployment is available for this model")
+        await self.before(ctx)
+        try:
 
-    # -- streaming -------------------------------------------------------------------------------
+            async def call(target: Target) -> Any:
+                try:
+                    async with asyncio.timeout(target.deployment.timeouts.total):
+                        return await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
+                except TimeoutError:
+                    raise UpstreamTimeout("the upstream did not answer in time") from None
+
+            completion = await self._attempts(ctx, model, call)
+        except GatewayError as exc:
+            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
+            raise
+        except asyncio.CancelledError:
+            await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+            raise
+        target = ctx.served_by
+        assert target is not None
+        ctx.first_token_at = asyncio.get_running_loop().time()
+        usage = completion.usage
+        if usage is None:
+            usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
+        await self.finish(ctx, self.record(ctx, outcome="completed", status=200, usage=usage))
+        return {
+            "id": new_completion_id(),
+            "object": "chat.completion",
+            "created": ctx.created,
+            "model": target.model.id,
+            "choices": completion.choices,
+            "usage": usage.to_openai(),
+            **completion.extra,
+        }
+
+    # -- streaming ---------------------------------------------------------------------------------
 
     async def open_stream(self, ctx: RequestContext) -> OpenStream:
         """Find a target whose first chunk arrives; raise the last error if none does."""
         model = ctx.model or self.resolve(ctx)
-        last_error: GatewayError | None = None
+        await self.before(ctx)
         completion_id = new_completion_id()
-        for target in self._router.targets(model):
-            ctx.attempts += 1
+        filters = self.chain.stream_filters(ctx)
+
+        async def call(target: Target) -> OpenStream:
             encoder = StreamEncoder(completion_id, ctx.created, target.model.id, ctx.request.include_usage)
             stats = StreamStats()
             upstream = target.provider.stream(ctx.request, target.deployment, ctx.request_id, stats)
+            stream = OpenStream(self, ctx, target, upstream, encoder, filters)
             try:
-                first = await self._first_bytes(upstream, encoder, target.deployment)
-            except (UpstreamError, StreamInterrupted, TimeoutError) as exc:
-                await _close(upstream)
-                last_error = _pre_stream_error(exc)
-                if isinstance(last_error, UpstreamError) and not last_error.retryable:
-                    raise last_error from exc
-                continue
+                async with asyncio.timeout(target.deployment.timeouts.first_token):
+                    await stream.read_first()
             except BaseException:
                 await _close(upstream)
                 raise
-            ctx.served_by = target
-            ctx.fallbacks = int(target.is_fallback)
-            return OpenStream(self, ctx, target.deployment, upstream, encoder, first)
-        raise last_error or UpstreamUnavailable("no deployment is available for this model")
+            return stream
 
-    async def _first_bytes(
-        self, upstream: AsyncIterator[list[ChatChunk]], encoder: StreamEncoder, deployment: Deployment
-    ) -> bytes:
-        parts: list[bytes] = []
-        async with asyncio.timeout(deployment.timeouts.first_token):
-            while not encoder.started:
-                try:
-                    batch = await anext(upstream)
-                except StopAsyncIteration:
-                    raise UpstreamEmptyBody("the upstream ended the stream before sending anything") from None
-                parts.append(encoder.encode(batch))
-        return b"".join(parts)
+        try:
+            stream = await self._attempts(ctx, model, call)
+        except GatewayError as exc:
+            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
+            raise
+        except asyncio.CancelledError:
+            await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+            raise
+        ctx.first_token_at = asyncio.get_running_loop().time()
+        return stream
 
 
 class OpenStream:
@@ -164,69 +311,135 @@ class OpenStream:
         self,
         service: ChatService,
         ctx: RequestContext,
-        deployment: Deployment,
+        target: Target,
         upstream: AsyncIterator[list[ChatChunk]],
         encoder: StreamEncoder,
-        first: bytes,
+        filters: list[StreamFilter],
     ) -> None:
         self._service = service
         self.ctx = ctx
-        self._deployment = deployment
+        self._target = target
         self._upstream = upstream
         self.encoder = encoder
-        self.first = first
+        self._filters = filters
+        self.first = b""
         self.outcome = "pending"  # completed | interrupted | cancelled
+        self._recorded = False
+        self.abort_reason: str | None = None  # set by a graceful shutdown that ran out of time
+        self._timer: asyncio.Timeout | None = None
+
+    def _encode(self, batch: list[ChatChunk]) -> bytes:
+        for f in self._filters:
+            batch = f.feed(batch)
+        return self.encoder.encode(batch)
+
+    async def read_first(self) -> None:
+        parts: list[bytes] = []
+        while not self.encoder.started:
+            try:
+                batch = await anext(self._upstream)
+            except StopAsyncIteration:
+                raise UpstreamEmptyBody("the upstream ended the stream before sending anything") from None
+            parts.append(self._encode(batch))
+        self.first = b"".join(parts)
+
+    def abort(self, reason: str) -> None:
+        """End the stream with a stream_error frame as soon as possible (used on shutdown)."""
+        self.abort_reason = reason
+        if self._timer is not None:
+            self._timer.reschedule(asyncio.get_running_loop().time())
 
     async def rest(self) -> AsyncGenerator[bytes, None]:
         """Everything after the first bytes, ending with ``[DONE]`` or the ``stream_error`` frame."""
         loop = asyncio.get_running_loop()
-        t = self._deployment.timeouts
-        tail_grace = self._service._config.server.tail_grace
+        t = self._target.deployment.timeouts
+        tail_grace = self._service.config.server.tail_grace
         deadline = self.ctx.started + t.total
         encoder = self.encoder
         upstream = self._upstream
         in_tail = encoder.complete
+        failure: str | None = None
         try:
-            async with asyncio.timeout(None) as timer:
-                while not (encoder.complete and encoder.usage is not None):
-                    wait = tail_grace if in_tail else t.idle
-                    timer.reschedule(min(loop.time() + wait, deadline))
-                    try:
-                        batch = await anext(upstream)
-                    except StopAsyncIteration:
-                        break
-                    timer.reschedule(None)  # never time the client's reading
-                    data = encoder.encode(batch)
-                    in_tail = encoder.complete
-                    if data:
-                        yield data
-        except TimeoutError:
-            if not in_tail:
+            try:
+                async with asyncio.timeout(None) as timer:
+                    self._timer = timer
+                    while not (encoder.complete and encoder.usage is not None) and self.abort_reason is None:
+                        wait = tail_grace if in_tail else t.idle
+                        timer.reschedule(min(loop.time() + wait, deadline))
+                        try:
+                            batch = await anext(upstream)
+                        except StopAsyncIteration:
+                            break
+                        timer.reschedule(None)  # never time the client's reading
+                        data = self._encode(batch)
+                        in_tail = encoder.complete
+                        if data:
+                            yield data
+            except TimeoutError:
+                if self.abort_reason is not None:
+                    failure = self.abort_reason
+                elif not in_tail:
+                    failure = "upstream idle timeout" if loop.time() < deadline else "upstream total timeout"
+            except (StreamInterrupted, UpstreamError) as exc:
+                failure = _stream_message(exc)
+            finally:
+                self._timer = None
+                await _close(upstream)
+            if failure is None and self.abort_reason is not None and not encoder.complete:
+                failure = self.abort_reason
+            tail = self._flush_filters()
+            if failure is None and not encoder.complete:
+                failure = "upstream stream ended without a finish_reason"
+            if failure is not None:
                 self.outcome = "interrupted"
-                message = "upstream idle timeout" if loop.time() < deadline else "upstream total timeout"
-                yield stream_error_frame(message)
+                await self._finish(partial=True, error_code="stream_error")
+                yield tail + stream_error_frame(failure)
                 return
-        except (StreamInterrupted, UpstreamError) as exc:
-            self.outcome = "interrupted"
-            yield stream_error_frame(_stream_message(exc))
-            return
+            self.outcome = "completed"
+            await self._finish(partial=False, error_code=None)
+            usage = encoder.usage
+            assert usage is not None
+            yield tail + (encoder.usage_frame(usage) + DONE if encoder.include_usage else DONE)
         finally:
-            await _close(upstream)
-        if not encoder.complete:
-            self.outcome = "interrupted"
-            yield stream_error_frame("upstream stream ended without a finish_reason")
-            return
-        self.outcome = "completed"
-        if encoder.usage is None:
-            encoder.usage = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
-        if encoder.include_usage:
-            yield encoder.usage_frame(encoder.usage) + DONE
-        else:
-            yield DONE
+            if not self._recorded:  # the client went away (or the task was cancelled) mid-stream
+                self.outcome = "cancelled"
+                await _shielded(self._finish(partial=True, error_code="client_disconnected"))
+
+    def _flush_filters(self) -> bytes:
+        """Release text the filters still hold (a stream that ended without its finish chunk)."""
+        out: list[ChatChunk] = []
+        for i, f in enumerate(self._filters):
+            pending = f.flush()
+            for later in self._filters[i + 1 :]:
+                pending = later.feed(pending) if pending else pending
+            out.extend(pending)
+        return self.encoder.encode(out) if out else b""
+
+    async def _finish(self, *, partial: bool, error_code: str | None) -> None:
+        self._recorded = True
+        encoder = self.encoder
+        usage = encoder.usage
+        if usage is None or partial:
+            estimated = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
+            if usage is None or usage.completion_tokens == 0:
+                usage = estimated
+            encoder.usage = usage
+        service = self._service
+        record = service.record(
+            self.ctx, outcome=self.outcome, status=200, usage=usage, error_code=error_code, partial=partial
+        )
+        await service.finish(self.ctx, record)
 
 
-def _pre_stream_error(exc: BaseException) -> GatewayError:
-    if isinstance(exc, GatewayError):
+async def _shielded(awaitable: Awaitable[None]) -> None:
+    """Run bookkeeping to completion even if the request's task is being cancelled."""
+    task = asyncio.ensure_future(awaitable)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
+
+
+def _pre_stream_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("the upstream sent no first token in time")
@@ -236,9 +449,7 @@ def _pre_stream_error(exc: BaseException) -> GatewayError:
 
 
 def _stream_message(exc: BaseException) -> str:
-    if isinstance(exc, StreamInterrupted):
-        return exc.message
-    if isinstance(exc, GatewayError):
+    if isinstance(exc, StreamInterrupted | GatewayError):
         return exc.message
     return "upstream stream interrupted"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -16,7 +17,7 @@ from ..types import Principal
 from .asgi import ClientGone, Request, send_error, send_json, watch_disconnect
 from .auth import extract_credential
 from .errors import internal_error
-from .sse import stream_error_frame
+from .sse import KEEPALIVE, stream_error_frame
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -89,19 +90,51 @@ async def _complete(gw: Gateway, request: Request, ctx: RequestContext) -> None:
 
 async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     send = request.send
+    server = gw.config.server
+    committed = False  # the 200 and SSE headers are out (keep-alive comments commit the status early)
+
+    async def start_response() -> None:
+        nonlocal committed
+        headers = list(_SSE_HEADERS)
+        headers.extend((k.encode(), v.encode()) for k, v in ctx.response_headers().items())
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        committed = True
+
     try:
-        stream = await gw.service.open_stream(ctx)
+        if server.keepalive_after is None:
+            stream = await gw.service.open_stream(ctx)
+        else:
+            opening = asyncio.get_running_loop().create_task(gw.service.open_stream(ctx))
+            try:
+                done, _ = await asyncio.wait({opening}, timeout=server.keepalive_after)
+                while not done:
+                    if not committed:
+                        await start_response()
+                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                    done, _ = await asyncio.wait({opening}, timeout=server.keepalive_interval)
+            except asyncio.CancelledError:
+                opening.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await opening
+                raise
+            stream = opening.result()
     except GatewayError as exc:
-        await send_error(send, exc, ctx.response_headers())
+        if committed:
+            await send({"type": "http.response.body", "body": stream_error_frame(exc.message), "more_body": False})
+        else:
+            await send_error(send, exc, ctx.response_headers())
         return
     except Exception:
         log.exception("opening the stream failed (request %s)", ctx.request_id)
-        await send_error(send, internal_error(), ctx.response_headers())
+        if committed:
+            await send({"type": "http.response.body", "body": stream_error_frame("internal error")})
+        else:
+            await send_error(send, internal_error(), ctx.response_headers())
         return
-    headers = list(_SSE_HEADERS)
-    headers.extend((k.encode(), v.encode()) for k, v in ctx.response_headers().items())
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if not committed:
+        await start_response()
     await send({"type": "http.response.body", "body": stream.first, "more_body": True})
+    gw.streams.add(stream)
     rest = stream.rest()
     try:
         async for data in rest:
@@ -110,6 +143,7 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         log.exception("stream failed after the first byte (request %s)", ctx.request_id)
         await send({"type": "http.response.body", "body": stream_error_frame("internal error"), "more_body": True})
     finally:
+        gw.streams.discard(stream)
         await rest.aclose()
     await send({"type": "http.response.body", "body": b""})
 

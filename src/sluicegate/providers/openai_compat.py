@@ -7,7 +7,6 @@ client asking. Upstream errors are translated here and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -16,21 +15,14 @@ import aiohttp
 import orjson
 
 from ..config import Deployment
-from ..errors import (
-    GatewayError,
-    StreamInterrupted,
-    UpstreamEmptyBody,
-    UpstreamError,
-    UpstreamStatus,
-    UpstreamTimeout,
-)
+from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError, UpstreamStatus
 from ..types import ChatChunk, ChatRequest, ChoiceDelta, Completion, Usage
+from ._http import end_response, malformed_event, open_post, read_json, read_some
 from .base import StreamStats
 from .sse import SseDecoder
 
 log = logging.getLogger("sluicegate.providers.openai")
 
-_MAX_ERROR_BODY = 64 * 1024
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
@@ -52,46 +44,15 @@ class OpenAICompatProvider:
         return deployment.api_base.rstrip("/") + "/chat/completions"
 
     async def _open(self, body: dict[str, Any], deployment: Deployment, request_id: str) -> aiohttp.ClientResponse:
-        t = deployment.timeouts
-        try:
-            async with asyncio.timeout(t.connect + t.headers):
-                resp = await self._session.post(
-                    self._url(deployment),
-                    data=orjson.dumps(body),
-                    headers=self._headers(deployment, request_id),
-                    timeout=aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect),
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"could not reach the upstream ({type(exc).__name__})") from exc
-        if resp.status >= 400:
-            try:
-                raw = await resp.content.read(_MAX_ERROR_BODY)
-            except (aiohttp.ClientError, TimeoutError):
-                raw = b""
-            finally:
-                resp.close()
-            raise translate_error(resp.status, raw, resp.headers)
-        return resp
+        headers = self._headers(deployment, request_id)
+        return await open_post(self._session, self._url(deployment), body, headers, deployment, translate_error)
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
         body = dict(request.body)
         body["model"] = deployment.model
         body.pop("stream", None)
         resp = await self._open(body, deployment, request_id)
-        try:
-            raw = await resp.read()
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("the upstream connection failed while reading the response") from exc
-        finally:
-            resp.release()
-        if not raw.strip():
-            raise UpstreamEmptyBody("the upstream sent an empty body")
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("the upstream sent a body that is not JSON") from exc
+        obj = await read_json(resp)
         if not isinstance(obj, dict):
             raise UpstreamEmptyBody("the upstream sent an unusable body")
         if isinstance(obj.get("error"), dict):
@@ -120,12 +81,8 @@ class OpenAICompatProvider:
         decoder = SseDecoder()
         finished = False
         try:
-            content = resp.content
             while True:
-                try:
-                    data = await content.readany()
-                except aiohttp.ClientError as exc:
-                    raise StreamInterrupted("upstream stream interrupted") from exc
+                data = await read_some(resp)
                 if not data:
                     break
                 batch: list[ChatChunk] = []
@@ -150,10 +107,7 @@ class OpenAICompatProvider:
                 if finished:
                     return
         finally:
-            if finished:
-                resp.release()  # reused only if the body is fully read; aiohttp closes it otherwise
-            else:
-                resp.close()
+            end_response(resp, finished=finished)
 
 
 def _parse_chunk(payload: bytes, deployment: Deployment, stats: StreamStats) -> ChatChunk | None:
@@ -165,13 +119,7 @@ def _parse_chunk(payload: bytes, deployment: Deployment, stats: StreamStats) -> 
         raise _inband_error(obj)
     choices_raw = obj.get("choices") if isinstance(obj, dict) else None
     if not isinstance(choices_raw, list):
-        stats.malformed_events += 1
-        if not stats.valid_events:
-            # Nothing reached the client yet: an invalid first chunk is a failed attempt, not a stream to patch up.
-            raise UpstreamError("the upstream sent an invalid first chunk")
-        if deployment.strict:
-            raise StreamInterrupted("upstream sent a malformed event")
-        log.warning("dropped a malformed upstream event (%d bytes)", len(payload))
+        malformed_event(stats, deployment, started=stats.valid_events > 0, size=len(payload), log=log)
         return None
     assert isinstance(obj, dict)
     stats.valid_events += 1

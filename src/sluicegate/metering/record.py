@@ -1,0 +1,51 @@
+"""What happened in one request: the record every after-hook (metering, budgets, audit, metrics, logs) reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..types import Usage
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at one deployment. Failed attempts are kept, never billed."""
+
+    model: str
+    deployment: str
+    ok: bool
+    error_code: str | None = None
+    status: int | None = None
+    latency_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    key_id: str
+    key_prefix: str
+    group: str | None
+    requested_model: str
+    model: str | None  # the public model that answered (a fallback's id when one did)
+    deployment: str | None
+    stream: bool
+    started_at: float  # epoch seconds
+    user: str | None = None
+    status: int = 0  # the HTTP status the client got (200 for a stream that started)
+    outcome: str = "pending"  # completed | interrupted | cancelled | failed | rejected
+    error_code: str | None = None
+    usage: Usage | None = None
+    partial: bool = False
+    cost_micro: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def estimated(self) -> bool:
+        return self.usage is not None and self.usage.estimated
+
+    @property
+    def billable(self) -> bool:
+        """Only a request that reached an upstream and got tokens back costs anything."""
+        return self.usage is not None and self.deployment is not None

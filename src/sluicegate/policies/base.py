@@ -1,0 +1,74 @@
+"""The policy chain: hooks around every chat request (Bifrost's contract, failing closed).
+
+``before`` hooks run in order before any upstream call and may refuse the request by raising a
+``GatewayError`` (rate limits, budgets, DLP blocks) or rewrite it (DLP redaction). ``after`` hooks run
+in reverse order once the outcome is known, for exactly the policies whose ``before`` ran, whatever the
+outcome (so a reservation is always released or reconciled). ``stream_filter`` lets a policy rewrite
+the streamed answer chunk by chunk (DLP). A policy error is never swallowed: a failing ``before``
+refuses the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from ..types import ChatChunk
+
+if TYPE_CHECKING:
+    from ..metering.record import RequestRecord
+    from ..service import RequestContext
+
+log = logging.getLogger("sluicegate.policies")
+
+
+class StreamFilter(Protocol):
+    def feed(self, batch: list[ChatChunk]) -> list[ChatChunk]:
+        """Rewrite one batch; may hold text back (returned later) but never drop the finish or usage."""
+        ...
+
+    def flush(self) -> list[ChatChunk]:
+        """Release whatever is held back, at the end of the stream."""
+        ...
+
+
+class Policy:
+    """Base class: every hook is optional."""
+
+    name = "policy"
+
+    async def before(self, ctx: RequestContext) -> None:
+        return None
+
+    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+        return None
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        return None
+
+
+class PolicyChain:
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self._policies = tuple(policies)
+
+    async def before(self, ctx: RequestContext) -> None:
+        for policy in self._policies:
+            ctx.policies_run.append(policy)
+            await policy.before(ctx)
+
+    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+        for policy in reversed(ctx.policies_run):
+            try:
+                await policy.after(ctx, record)
+            except Exception:
+                # The answer is already decided; an after-hook failure must not hide the others.
+                log.exception("after-hook of %s failed (request %s)", policy.name, ctx.request_id)
+
+    def stream_filters(self, ctx: RequestContext) -> list[StreamFilter]:
+        filters = []
+        for policy in self._policies:
+            f = policy.stream_filter(ctx)
+            if f is not None:
+                filters.append(f)
+        return filters

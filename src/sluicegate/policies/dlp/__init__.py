@@ -1,0 +1,23 @@
+"""Data loss prevention: detect, block and redact secrets and personal data in both directions."""
+
+from .custom import CustomKeywords, CustomRegex
+from .detectors import BUILTIN_NAMES
+from .messages import MessageFinding, redact_messages, scan_messages
+from .scanner import ACTIONS, Action, DlpPolicy, Engine, Finding, label
+from .stream import StreamRedactor
+
+__all__ = [
+    "ACTIONS",
+    "BUILTIN_NAMES",
+    "Action",
+    "CustomKeywords",
+    "CustomRegex",
+    "DlpPolicy",
+    "Engine",
+    "Finding",
+    "MessageFinding",
+    "StreamRedactor",
+    "label",
+    "redact_messages",
+    "scan_messages",
+]

@@ -1,0 +1,139 @@
+"""Scanning and redacting OpenAI chat ``messages`` (request side).
+
+Covers every text the model will see: string ``content``, ``text`` content parts, assistant
+``tool_calls[].function.arguments`` and ``tool`` results. Images, audio and other parts are left
+alone. The input is never mutated: changed messages, lists and parts are shallow copies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .scanner import Engine, Finding
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFinding:
+    """A finding inside ``messages[message]`` at ``path`` (e.g. ``content[1].text``); no text."""
+
+    type: str
+    message: int
+    path: str
+    start: int
+    end: int
+
+
+# Given a string and its location, returns the replacement (or the same object when untouched).
+_Visit = Callable[[str, int, str], str]
+
+
+def scan_messages(messages: list[dict[str, Any]], engine: Engine) -> list[MessageFinding]:
+    found: list[MessageFinding] = []
+
+    def visit(text: str, index: int, path: str) -> str:
+        found.extend(_located(engine.scan(text), index, path))
+        return text
+
+    _walk(messages, visit)
+    return found
+
+
+def redact_messages(
+    messages: list[dict[str, Any]], engine: Engine
+) -> tuple[list[dict[str, Any]], list[MessageFinding]]:
+    found: list[MessageFinding] = []
+
+    def visit(text: str, index: int, path: str) -> str:
+        new, findings = engine.redact(text)
+        if not findings:
+            return text
+        found.extend(_located(findings, index, path))
+        if path.endswith(".arguments"):
+            return _keep_json(text, new, engine)
+        return new
+
+    return _walk(messages, visit), found
+
+
+def _located(findings: list[Finding], index: int, path: str) -> list[MessageFinding]:
+    return [MessageFinding(f.type, index, path, f.start, f.end) for f in findings]
+
+
+def _walk(messages: list[dict[str, Any]], visit: _Visit) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            out.append(msg)
+            continue
+        new = msg
+        content = msg.get("content")
+        if isinstance(content, str):
+            replaced = visit(content, i, "content")
+            if replaced is not content:
+                new = {**msg, "content": replaced}
+        elif isinstance(content, list):
+            parts = _walk_parts(content, i, visit)
+            if parts is not content:
+                new = {**msg, "content": parts}
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            new_calls = _walk_calls(calls, i, visit)
+            if new_calls is not calls:
+                new = {**new, "tool_calls": new_calls}
+        out.append(new)
+    return out
+
+
+def _walk_parts(parts: list[Any], index: int, visit: _Visit) -> list[Any]:
+    out = parts
+    for j, part in enumerate(parts):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            continue
+        replaced = visit(part["text"], index, f"content[{j}].text")
+        if replaced is not part["text"]:
+            if out is parts:
+                out = list(parts)
+            out[j] = {**part, "text": replaced}
+    return out
+
+
+def _walk_calls(calls: list[Any], index: int, visit: _Visit) -> list[Any]:
+    out = calls
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict) or not isinstance(args, str):
+            continue
+        replaced = visit(args, index, f"tool_calls[{j}].function.arguments")
+        if replaced is not args:
+            if out is calls:
+                out = list(calls)
+            out[j] = {**call, "function": {**fn, "arguments": replaced}}
+    return out
+
+
+def _keep_json(original: str, redacted: str, engine: Engine) -> str:
+    """Tool arguments are JSON: a match ending just after a backslash could leave an invalid escape.
+    Then redact the decoded strings instead and re-encode."""
+    try:
+        value = json.loads(original)
+    except ValueError:
+        return redacted
+    try:
+        json.loads(redacted)
+    except ValueError:
+        return json.dumps(_redact_json(value, engine), ensure_ascii=False)
+    return redacted
+
+
+def _redact_json(value: Any, engine: Engine) -> Any:
+    if isinstance(value, str):
+        return engine.redact(value)[0]
+    if isinstance(value, list):
+        return [_redact_json(v, engine) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_json(v, engine) for k, v in value.items()}
+    return value

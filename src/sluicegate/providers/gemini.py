@@ -1,0 +1,137 @@
+"""Adapter for the Gemini API (``models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``).
+
+The translation lives in ``gemini_translate``/``gemini_stream`` (pure, no I/O); this module does the
+call and decides what a failure means for the client. Gemini frames its stream as bare ``data:``
+events with no terminator: the end of the body is the end of the stream, so ``finish()`` runs there
+(it yields the usage chunk, or raises if no finish reason came).
+
+As for Anthropic, the role chunk is held until content, a tool call or a finish arrives, so an error
+event in the first event keeps the attempt failing *before* the first byte (fail over or HTTP status).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from ..config import Deployment
+from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError
+from ..types import ChatChunk, ChatRequest, Completion
+from ._http import end_response, malformed_event, open_post, read_json, read_some
+from .base import StreamStats
+from .gemini_stream import stream_error
+from .gemini_translate import StreamTranslator, build_request, parse_response, translate_error, wants_reasoning
+from .sse import SseDecoder
+
+log = logging.getLogger("sluicegate.providers.gemini")
+
+DEFAULT_API_BASE = "https://generativelanguage.googleapis.com"
+
+
+class GeminiProvider:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def aclose(self) -> None:
+        return None  # the session belongs to the gateway
+
+    @staticmethod
+    def _url(deployment: Deployment, method: str) -> str:
+        # Accept "models/gemini-x" too: that is how Google's own model list names them.
+        model = quote(deployment.model.removeprefix("models/"), safe="-._~")
+        return f"{(deployment.api_base or DEFAULT_API_BASE).rstrip('/')}/v1beta/models/{model}:{method}"
+
+    @staticmethod
+    def _headers(deployment: Deployment, request_id: str) -> dict[str, str]:
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        if deployment.api_key:
+            headers["x-goog-api-key"] = deployment.api_key
+        return headers
+
+    async def _open(
+        self, url: str, body: dict[str, Any], deployment: Deployment, request_id: str
+    ) -> aiohttp.ClientResponse:
+        headers = self._headers(deployment, request_id)
+        return await open_post(self._session, url, body, headers, deployment, translate_error)
+
+    async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
+        body = build_request(request, deployment.default_max_tokens)
+        resp = await self._open(self._url(deployment, "generateContent"), body, deployment, request_id)
+        obj = await read_json(resp)
+        if not isinstance(obj, dict):
+            raise UpstreamEmptyBody("the upstream sent an unusable body")
+        if isinstance(obj.get("error"), dict):
+            raise stream_error(obj)
+        feedback = obj.get("promptFeedback")
+        blocked = isinstance(feedback, dict) and bool(feedback.get("blockReason"))
+        if not obj.get("candidates") and not blocked:
+            raise UpstreamEmptyBody("the upstream answer has no candidates")
+        return parse_response(obj, include_reasoning=wants_reasoning(request))
+
+    async def stream(
+        self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
+    ) -> AsyncIterator[list[ChatChunk]]:
+        # Built before the call: a request that cannot be mapped is the client's 400, not an attempt.
+        body = build_request(request, deployment.default_max_tokens)
+        translator = StreamTranslator(include_reasoning=wants_reasoning(request))
+        url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
+        resp = await self._open(url, body, deployment, request_id)
+        decoder = SseDecoder()
+        held: list[ChatChunk] = []  # chunks not yet released: nothing but the role chunk so far
+        released = False
+        finished = False
+        try:
+            while True:
+                data = await read_some(resp)
+                if not data:
+                    break
+                batch = held
+                held = []
+                failure: BaseException | None = None
+                for event in decoder.feed(data):
+                    try:
+                        obj = orjson.loads(event.data)
+                    except orjson.JSONDecodeError:
+                        obj = None
+                    try:
+                        if not isinstance(obj, dict):
+                            malformed_event(stats, deployment, started=released, size=len(event.data), log=log)
+                            continue
+                        stats.valid_events += 1
+                        batch.extend(translator.feed(obj))
+                    except (GatewayError, StreamInterrupted) as exc:
+                        failure = exc
+                        break
+                released = released or translator.content_sent or translator.done
+                if released:
+                    if batch:
+                        yield batch
+                else:
+                    held = batch
+                if failure is not None:
+                    raise _after(failure, released)
+            # The body ended: Gemini's only end-of-stream signal.
+            try:
+                tail = translator.finish()
+            except UpstreamError as exc:
+                if released:
+                    raise StreamInterrupted("upstream stream ended early") from exc
+                if not stats.valid_events:
+                    raise UpstreamEmptyBody("the upstream ended the stream before sending anything") from exc
+                raise
+            finished = True
+            yield held + tail
+        finally:
+            end_response(resp, finished=finished)
+
+
+def _after(failure: BaseException, released: bool) -> BaseException:
+    """Before any content the attempt failed (fail over or HTTP status); after it, the stream is cut."""
+    if released and isinstance(failure, GatewayError):
+        return StreamInterrupted(failure.message)
+    return failure

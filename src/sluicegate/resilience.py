@@ -1,0 +1,115 @@
+"""Retry timing and circuit breaking: when to try again, and which deployments to leave alone.
+
+Backoff is exponential with full jitter (a random wait between 0 and the capped exponential), so that
+many gateways retrying the same provider do not synchronise. A ``Retry-After`` hint is honoured when it
+is short; a longer one means "go elsewhere" rather than hold the client.
+
+The circuit breaker counts failures per deployment in a sliding window. Once open it sends no traffic
+for ``cooldown`` seconds, then lets exactly one probe through (half-open); the probe's success closes it
+at once, its failure re-opens it. State changes can be shared (``on_change``) so replicas agree.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import CircuitConfig, RetryConfig
+
+
+def backoff_delay(config: RetryConfig, retry_number: int, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max, base * 2**n)]; ``retry_number`` counts from 0."""
+    ceiling = min(config.backoff_max, config.backoff_base * (2**retry_number))
+    return rng.uniform(0.0, ceiling)
+
+
+@dataclass(slots=True)
+class _Circuit:
+    failures: deque[float] = field(default_factory=deque)
+    open_until: float = 0.0
+    probing: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.open_until == 0.0:
+            return "closed"
+        return "open" if time.monotonic() < self.open_until else "half_open"
+
+
+StateListener = Callable[[str, str], None]  # (deployment key, "open" | "closed")
+
+
+class CircuitBreaker:
+    def __init__(self, config: CircuitConfig, on_change: StateListener | None = None) -> None:
+        self._config = config
+        self._circuits: dict[str, _Circuit] = {}
+        self.on_change = on_change
+
+    def state(self, key: str) -> str:
+        circuit = self._circuits.get(key)
+        return circuit.state if circuit else "closed"
+
+    def allow(self, key: str) -> bool:
+        """May a request go to this deployment now? In half-open state, only one probe at a time."""
+        if not self._config.enabled:
+            return True
+        circuit = self._circuits.get(key)
+        if circuit is None or circuit.open_until == 0.0:
+            return True
+        if time.monotonic() < circuit.open_until:
+            return False
+        if circuit.probing:
+            return False
+        circuit.probing = True
+        return True
+
+    def success(self, key: str) -> None:
+        circuit = self._circuits.get(key)
+        if circuit is None:
+            return
+        was_open = circuit.open_until != 0.0
+        circuit.failures.clear()
+        circuit.open_until = 0.0
+        circuit.probing = False
+        if was_open and self.on_change is not None:
+            self.on_change(key, "closed")
+
+    def failure(self, key: str) -> None:
+        if not self._config.enabled:
+            return
+        circuit = self._circuits.setdefault(key, _Circuit())
+        now = time.monotonic()
+        if circuit.open_until != 0.0:
+            # A failed probe (or a straggler): open again for a full cooldown.
+            circuit.open_until = now + self._config.cooldown
+            circuit.probing = False
+            return
+        circuit.failures.append(now)
+        horizon = now - self._config.window
+        while circuit.failures and circuit.failures[0] < horizon:
+            circuit.failures.popleft()
+        if len(circuit.failures) >= self._config.failure_threshold:
+            circuit.open_until = now + self._config.cooldown
+            circuit.failures.clear()
+            if self.on_change is not None:
+                self.on_change(key, "open")
+
+    def release_probe(self, key: str) -> None:
+        """A probe that ended without a verdict (the client left): let another one through."""
+        circuit = self._circuits.get(key)
+        if circuit is not None:
+            circuit.probing = False
+
+    def apply_remote(self, key: str, state: str) -> None:
+        """Another process opened or closed this circuit."""
+        circuit = self._circuits.setdefault(key, _Circuit())
+        if state == "open":
+            circuit.open_until = max(circuit.open_until, time.monotonic() + self._config.cooldown)
+            circuit.failures.clear()
+        elif state == "closed":
+            circuit.open_until = 0.0
+            circuit.failures.clear()
+            circuit.probing = False

@@ -6,14 +6,22 @@ this process and on every replica are dropped at once (SPEC: revocation within a
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from .errors import Conflict, InvalidRequest, NotFound
+from pydantic import ValidationError
+
+from .errors import Conflict, InternalError, InvalidRequest, NotFound
 from .keys import generate_key
+from .metering.usage_store import REPORT_DIMENSIONS, UsageStore
+from .policies.dlp.config import DirectionConfig
+from .policies.dlp.detectors import BUILTIN_NAMES
 from .storage.identity import Conflict as StoreConflict
 from .storage.identity import GroupRow, IdentityStore, KeyRow
+from .types import NO_LIMITS, Limits
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
 _PATTERN = re.compile(r"[A-Za-z0-9*?.\-_:/\[\]!@]{1,200}")
@@ -30,8 +38,26 @@ class AuditSink(Protocol):
     async def admin_action(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None: ...
 
 
+def limits_view(limits: Limits) -> dict[str, Any]:
+    budget = limits.budget_micro
+    return {
+        "rpm": limits.rpm,
+        "tpm": limits.tpm,
+        "budget": float(Decimal(budget) / 1_000_000) if budget is not None else None,
+        "budget_micro": budget,
+        "budget_period": limits.budget_period if budget is not None else None,
+    }
+
+
 def group_view(g: GroupRow) -> dict[str, Any]:
-    return {"name": g.name, "id": g.id, "models": list(g.models), "created_at": g.created_at}
+    return {
+        "name": g.name,
+        "id": g.id,
+        "models": list(g.models),
+        "limits": limits_view(g.limits),
+        "dlp": g.dlp,
+        "created_at": g.created_at,
+    }
 
 
 def key_view(k: KeyRow, now: float | None = None) -> dict[str, Any]:
@@ -49,6 +75,7 @@ def key_view(k: KeyRow, now: float | None = None) -> dict[str, Any]:
         "revoked": k.revoked,
         "revoked_at": k.revoked_at,
         "status": status,
+        "limits": limits_view(k.limits),
     }
 
 
@@ -74,10 +101,57 @@ def _check_name(name: Any, param: str = "name") -> str:
     return name
 
 
+def parse_limits(body: dict[str, Any], current: Limits) -> Limits:
+    """Apply a partial update: fields present replace (``null`` clears), fields absent stay."""
+    known = {"rpm", "tpm", "budget", "budget_micro", "budget_period"}
+    unknown = set(body) - known
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidRequest(f"unknown limit field {name!r}", param=name)
+    rpm, tpm = current.rpm, current.tpm
+    budget, period = current.budget_micro, current.budget_period
+    for name in ("rpm", "tpm"):
+        if name in body:
+            value = body[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidRequest(f"'{name}' must be a positive integer or null", param=name)
+            rpm, tpm = (value, tpm) if name == "rpm" else (rpm, value)
+    if "budget" in body or "budget_micro" in body:
+        raw = body.get("budget_micro", body.get("budget"))
+        if raw is None:
+            budget = None
+        else:
+            try:
+                amount = Decimal(str(raw))
+            except InvalidOperation as exc:
+                raise InvalidRequest("'budget' must be a number of credits", param="budget") from exc
+            micro = amount if "budget_micro" in body else amount * 1_000_000
+            if micro < 0 or micro != micro.to_integral_value():
+                raise InvalidRequest("'budget' must be >= 0 with at most 6 decimals", param="budget")
+            budget = int(micro)
+    if "budget_period" in body:
+        period = body["budget_period"] or "total"
+        if period not in ("total", "day", "month"):
+            raise InvalidRequest("'budget_period' must be total, day or month", param="budget_period")
+    if rpm is None and tpm is None and budget is None:
+        return NO_LIMITS
+    return Limits(rpm=rpm, tpm=tpm, budget_micro=budget, budget_period=period)
+
+
 class Admin:
-    def __init__(self, store: IdentityStore, bus: IdentityBus, audit: AuditSink | None = None) -> None:
+    def __init__(
+        self,
+        store: IdentityStore,
+        bus: IdentityBus,
+        audit: AuditSink | None = None,
+        usage: UsageStore | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
+        self._audit = audit
+        self._usage = usage
+
+    def set_audit(self, audit: AuditSink) -> None:
         self._audit = audit
 
     async def _record(self, actor: str, action: str, target: str, **details: Any) -> None:
@@ -127,6 +201,27 @@ class Admin:
         if pattern not in group.models:
             raise NotFound(f"group {name!r} has no grant {pattern!r}")
         return await self.set_group_models(name, [m for m in group.models if m != pattern], actor)
+
+    async def set_group_limits(self, name: str, body: dict[str, Any], actor: str = "admin") -> dict[str, Any]:
+        group = await self.group(name)
+        limits = parse_limits(body, group.limits)
+        await self._store.set_limits("groups", group.id, limits)
+        await self._bus.group_changed(group.name)
+        await self._record(actor, "group.set_limits", name, **limits_view(limits))
+        return group_view(await self.group(name))
+
+    async def set_group_dlp(self, name: str, body: Any, actor: str = "admin") -> dict[str, Any]:
+        """Override the default DLP policy per direction: ``{"request": {...}|null, "response": ...}``.
+
+        A direction given as null turns scanning off for the group; an absent one uses the config's default;
+        an empty body (or null) removes the override.
+        """
+        group = await self.group(name)
+        override = _dlp_override(body)
+        await self._store.set_group_dlp(group.id, override)
+        await self._bus.group_changed(group.name)
+        await self._record(actor, "group.set_dlp", name, dlp=override)
+        return group_view(await self.group(name))
 
     async def delete_group(self, name: str, actor: str = "admin") -> None:
         group = await self.group(name)
@@ -194,6 +289,37 @@ class Admin:
         await self._record(actor, "key.revoke", row.name, prefix=row.prefix)
         return key_view(await self.key(row.id))
 
+    async def set_key_limits(self, ref: str, body: dict[str, Any], actor: str = "admin") -> dict[str, Any]:
+        row = await self.key(ref)
+        limits = parse_limits(body, row.limits)
+        await self._store.set_limits("api_keys", row.id, limits)
+        await self._bus.key_changed(row.id)
+        await self._record(actor, "key.set_limits", row.name, **limits_view(limits))
+        return key_view(await self.key(row.id))
+
+    # usage and audit
+
+    def _usage_store(self) -> UsageStore:
+        if self._usage is None:
+            raise InternalError("usage reporting is not available in this process")
+        return self._usage
+
+    async def usage_report(self, by: str, since: Any, until: Any = None) -> list[dict[str, Any]]:
+        if by not in REPORT_DIMENSIONS:
+            raise InvalidRequest("'by' must be key, group or model", param="by")
+        start, end = _when(since, "since"), (_when(until, "until") if until is not None else None)
+        rows = await self._usage_store().report(by, start, end)
+        for row in rows:
+            row["cost"] = float(Decimal(row["cost_micro"]) / 1_000_000)
+        return rows
+
+    async def audit_entries(self, limit: int, kind: str | None) -> list[dict[str, Any]]:
+        return await self._usage_store().audit_entries(limit, kind)
+
+    async def verify_audit(self) -> dict[str, Any]:
+        result = await self._usage_store().verify_audit()
+        return {"ok": result.ok, "records": result.records, "problem": result.problem, "seq": result.seq}
+
     async def rotate_key(self, ref: str, actor: str = "admin") -> dict[str, Any]:
         """A new secret for the same identity (name, group, grants, history); the old secret stops working."""
         row = await self.key(ref)
@@ -204,6 +330,47 @@ class Admin:
         await self._bus.key_changed(row.id)
         await self._record(actor, "key.rotate", row.name, old_prefix=row.prefix, prefix=new.prefix)
         return {**key_view(await self.key(row.id)), "key": new.secret}
+
+
+def _dlp_override(body: Any) -> dict[str, Any] | None:
+    if body is None or body == {}:
+        return None
+    if not isinstance(body, dict) or set(body) - {"request", "response"}:
+        raise InvalidRequest("the DLP override has 'request' and/or 'response' keys only", param="dlp")
+    out: dict[str, Any] = {}
+    for direction, spec in body.items():
+        if spec is None:
+            out[direction] = None
+            continue
+        try:
+            parsed = DirectionConfig.model_validate(spec)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"]
+            raise InvalidRequest(f"invalid DLP policy for {direction}: {message}", param=direction) from exc
+        unknown = sorted(set(parsed.detectors or ()) - set(BUILTIN_NAMES))
+        if unknown:
+            raise InvalidRequest(f"unknown DLP detectors: {', '.join(unknown)}", param=direction)
+        out[direction] = parsed.model_dump(exclude_none=True)
+    return out
+
+
+def _when(value: Any, param: str) -> float:
+    """An ISO date/time (UTC when no zone), epoch seconds, or a duration back from now such as ``7d``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if m := _DURATION.fullmatch(text):
+            return time.time() - int(m.group(1)) * _UNIT[m.group(2)]
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    raise InvalidRequest(
+        f"'{param}' must be a date (2026-11-01), a time, epoch seconds or a duration (7d)", param=param
+    )
 
 
 _DURATION = re.compile(r"(\d+)([smhdw])")

@@ -25,9 +25,17 @@ from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
 from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
+from .http.shedding import LoadShedder
 from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
+from .metering.audit import AuditEntry
+from .metering.recorder import AuditSink, MeteringSink, UsageRecorder
 from .metering.tokens import TokenCounter
+from .metering.usage_store import UsageStore
+from .observability import Observability
 from .policies.base import Policy, PolicyChain
+from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
+from .policies.dlp_policy import DlpEngines, DlpPolicy
+from .policies.ratelimit import Limiter, LocalLimiter, RateLimitPolicy, RedisLimiter
 from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider
 from .providers.demo import DemoProvider
@@ -60,7 +68,13 @@ class Gateway:
         self.redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.streams: set[OpenStream] = set()  # open streams, for the graceful shutdown
+        self.observability: Observability | None = None  # built in start(): the CLI needs none
+        self.recorder: UsageRecorder | None = None
+        self.dlp = DlpEngines(config.dlp)
+        self.shedder = LoadShedder(config.server.max_concurrent_requests, config.server.max_concurrent_per_key)
+        self.usage: UsageStore
         self.draining = False
+        self.drain_expired = False
         self.router: Router
         self.service: ChatService
         self.authenticator: KeyAuthenticator
@@ -79,7 +93,12 @@ class Gateway:
             self.bus = RedisBus(self.redis, self.authenticator)
         else:
             self.bus = LocalBus(self.authenticator)
-        self.admin = Admin(self.identity, self.bus)
+        self.usage = UsageStore(self.engine)
+        self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
+
+    async def _write_audit(self, entry: AuditEntry) -> None:
+        """Admin actions from a process without a recorder (the CLI) go straight to the store."""
+        await self.usage.write([], [entry])
 
     async def close_store(self) -> None:
         await self.bus.aclose()
@@ -92,7 +111,16 @@ class Gateway:
         await self.open_store()
         if isinstance(self.bus, RedisBus):
             self.bus.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._flush_last_used()))
+        loop = asyncio.get_running_loop()
+        self.recorder = UsageRecorder(
+            self.usage,
+            max_pending=self.config.metering.max_pending,
+            audit_requests=self.config.metering.audit_requests,
+        )
+        self.recorder.start()
+        self.admin.set_audit(AuditSink(self.recorder.audit))
+        self._tasks.append(loop.create_task(self._flush_last_used()))
+        self._tasks.append(loop.create_task(self._rollups()))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
         openai = OpenAICompatProvider(self.session)
@@ -108,8 +136,11 @@ class Gateway:
         self.router = Router(self.config, self.providers)
         self.breaker = CircuitBreaker(self.config.routing.circuit)
         if isinstance(self.bus, RedisBus):
-            self.breaker.on_change = self.bus.circuit_changed
+            self.breaker.add_listener(self.bus.circuit_changed)
             self.bus.breaker = self.breaker
+        self.observability = Observability(self.config, self.settings)
+        if self.observability.metrics is not None:
+            self.breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
         self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
         self._install_drain_signal()
         # Long-lived objects built at start never become garbage: keep the collector off them.
@@ -118,7 +149,35 @@ class Gateway:
 
     def policies(self) -> list[Policy]:
         """The policy chain, in order: limits and budgets refuse early, DLP rewrites, sinks record last."""
-        return []
+        limiter: Limiter
+        ledger: Ledger
+        if self.redis is not None:
+            limiter, ledger = RedisLimiter(self.redis), RedisLedger(self.redis, self.usage.spent_since)
+        else:
+            limiter, ledger = LocalLimiter(), LocalLedger(self.usage.spent_since)
+        fail_open = self.config.limits.on_redis_error == "open"
+        assert self.recorder is not None, "policies are built after the recorder starts"
+        assert self.observability is not None, "policies are built after observability"
+        return [
+            # Sinks come first: their before-hooks never refuse, so they are in every request's policies_run
+            # and see refusals by the policies below; after-hooks run in reverse, so they still record last
+            # (the usage record after the budget is settled, metrics and logs after the record is durable).
+            *self.observability.sinks,
+            MeteringSink(self.recorder),
+            RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
+            DlpPolicy(self.dlp),
+            BudgetPolicy(ledger, self.tokens, time.time),
+        ]
+
+    async def _rollups(self) -> None:
+        """Roll complete days into daily totals and prune raw rows past retention (idempotent on every replica)."""
+        while True:
+            try:
+                await self.usage.rollup()
+                await self.usage.prune(self.config.metering.retention_days)
+            except Exception as exc:  # another replica may have rolled the same day first
+                log.info("usage rollup skipped: %s", exc)
+            await asyncio.sleep(self.config.metering.rollup_interval)
 
     def _install_drain_signal(self) -> None:
         """On SIGTERM, give open streams ``drain_timeout`` seconds, then end them with a stream_error frame.
@@ -149,6 +208,7 @@ class Gateway:
         asyncio.get_running_loop().call_later(self.config.server.drain_timeout, self._abort_streams)
 
     def _abort_streams(self) -> None:
+        self.drain_expired = True  # streams that open from now on are ended at once (see http/openai_api.py)
         for stream in list(self.streams):
             stream.abort("gateway shutting down")
 
@@ -166,11 +226,15 @@ class Gateway:
             task.cancel()
         with contextlib.suppress(Exception):
             await self.identity.touch_keys(self.authenticator.take_last_used())
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.close_store()
         for provider in self.providers.values():
             await provider.aclose()
         if self.session is not None:
             await self.session.close()
+        if self.observability is not None:
+            self.observability.close()
 
     async def readiness_problems(self) -> list[str]:
         problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import logging.config
 import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import click
 
-from .cli_admin import groups, keys, migrate
+from .cli_admin import audit, groups, keys, migrate, usage
 from .config import ConfigError, load_config
 
 
@@ -24,9 +31,22 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--log-level", default="info", show_default=True)
-def serve(config_path: str | None, host: str, port: int, workers: int, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text", "auto"]),
+    default="auto",
+    show_default=True,
+    help="JSON lines, or one readable line per event; auto: text on a terminal, JSON otherwise.",
+)
+def serve(config_path: str | None, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
     """Run the gateway (the built-in demo model when no config is given)."""
     import uvicorn
+
+    from .observability.logs import log_config, resolve_format
+
+    logging_config = log_config(resolve_format(log_format, sys.stderr.isatty()), log_level)
+    logging.config.dictConfig(logging_config)
+    log = logging.getLogger("sluicegate.cli")
 
     config_path = config_path or os.environ.get("SLUICEGATE_CONFIG") or None
     try:
@@ -39,22 +59,56 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     else:
         os.environ.pop("SLUICEGATE_CONFIG", None)
     if not os.environ.get("SLUICEGATE_MASTER_KEY"):
-        click.echo("warning: SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401", err=True)
-    click.echo(f"sluicegate serving {len(config.models)} model(s) on http://{host}:{port}/v1", err=True)
-    uvicorn.run(
-        "sluicegate.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
-        timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
-    )
+        log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
+    log.info("sluicegate serving %d model(s) on http://%s:%d/v1", len(config.models), host, port)
+    with _prometheus_multiproc_dir(workers):
+        # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done, after restoring the
+        # handler it found; a no-op handler here makes that final re-raise harmless, so a drained exit is 0.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        uvicorn.run(
+            "sluicegate.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=log_level,
+            # uvicorn applies it in every worker process (our own dictConfig above covers only this one).
+            log_config=logging_config,
+            # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
+            timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
+        )
+
+
+@contextlib.contextmanager
+def _prometheus_multiproc_dir(workers: int) -> Iterator[None]:
+    """Several workers share their metrics through files in PROMETHEUS_MULTIPROC_DIR, fresh for each start.
+
+    Files left by an earlier run would be added to this run's counters, so an operator's own directory is
+    emptied first; without one, a temporary directory is made and removed at exit. The variable must be set
+    before the workers import prometheus_client, which reads it once at import.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        yield
+        return
+    if workers == 1:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="sluicegate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @main.command("check-config")
@@ -75,3 +129,5 @@ def check_config(path: str) -> None:
 main.add_command(groups)
 main.add_command(keys)
 main.add_command(migrate)
+main.add_command(usage)
+main.add_command(audit)

@@ -200,3 +200,117 @@ def migrate() -> None:
     applied = asyncio.run(main())
     click.echo(f"applied migrations: {', '.join(applied)}" if applied else "the database is up to date")
     sys.exit(0)
+
+
+def _limits_options(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option("--rpm", type=str, default=None, help="Requests per minute ('none' clears)."),
+            click.option("--tpm", type=str, default=None, help="Tokens per minute ('none' clears)."),
+            click.option("--budget", type=str, default=None, help="Credit budget ('none' clears)."),
+            click.option("--period", type=click.Choice(["total", "day", "month"]), default=None),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _limits_body(rpm: str | None, tpm: str | None, budget: str | None, period: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None:
+            body[name] = None if value.lower() == "none" else _int(value, name)
+    if budget is not None:
+        body["budget"] = None if budget.lower() == "none" else budget
+    if period is not None:
+        body["budget_period"] = period
+    if not body:
+        raise click.UsageError("give at least one of --rpm, --tpm, --budget, --period")
+    return body
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise click.UsageError(f"--{name} must be an integer or 'none'") from exc
+
+
+def _show_limits(obj: dict[str, Any]) -> None:
+    lim = obj["limits"]
+    budget = f"{lim['budget']} per {lim['budget_period']}" if lim["budget"] is not None else "-"
+    click.echo(f"{obj['name']}: rpm={lim['rpm'] or '-'} tpm={lim['tpm'] or '-'} budget={budget}")
+
+
+@groups.command("limits")
+@click.argument("name")
+@_limits_options
+@json_option
+def groups_limits(
+    name: str, rpm: str | None, tpm: str | None, budget: str | None, period: str | None, as_json: bool
+) -> None:
+    """Set a group's rate limits and credit budget."""
+    body = _limits_body(rpm, tpm, budget, period)
+    group = _run(lambda a: a.set_group_limits(name, body))
+    _emit(group, as_json, lambda: _show_limits(group))
+
+
+@keys.command("limits")
+@click.argument("ref")
+@_limits_options
+@json_option
+def keys_limits(
+    ref: str, rpm: str | None, tpm: str | None, budget: str | None, period: str | None, as_json: bool
+) -> None:
+    """Set a key's rate limits and credit budget."""
+    body = _limits_body(rpm, tpm, budget, period)
+    key = _run(lambda a: a.set_key_limits(ref, body))
+    _emit(key, as_json, lambda: _show_limits(key))
+
+
+@click.command()
+@click.option("--by", type=click.Choice(["key", "group", "model"]), default="model", show_default=True)
+@click.option("--since", default="30d", show_default=True, help="A date (2026-11-01), a time or a duration (7d).")
+@click.option("--until", default=None)
+@json_option
+def usage(by: str, since: str, until: str | None, as_json: bool) -> None:
+    """Usage and cost totals (daily rollups plus the raw rows not yet rolled up)."""
+    rows = _run(lambda a: a.usage_report(by, since, until))
+    table = [
+        [r[by] or "-", r["requests"], r["errors"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost']:.6f}"]
+        for r in rows
+    ]
+    _emit(rows, as_json, lambda: _table(table, [by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "COST"]))
+
+
+@click.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@json_option
+def audit_verify(as_json: bool) -> None:
+    """Walk the chain; exit 1 if any record was edited, deleted or inserted."""
+    result = _run(lambda a: a.verify_audit())
+    _emit(
+        result,
+        as_json,
+        lambda: click.echo(
+            f"audit log intact: {result['records']} records"
+            if result["ok"]
+            else f"AUDIT LOG TAMPERED: {result['problem']}"
+        ),
+    )
+    sys.exit(0 if result["ok"] else 1)
+
+
+@audit.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--kind", type=click.Choice(["request", "admin", "dlp"]), default=None)
+@json_option
+def audit_list(limit: int, kind: str | None, as_json: bool) -> None:
+    """The newest audit records."""
+    rows = _run(lambda a: a.audit_entries(limit, kind))
+    table = [[r["seq"], _when(r["created_at"]), r["kind"], r["actor"], r["action"], r["target"]] for r in rows]
+    _emit(rows, as_json, lambda: _table(table, ["SEQ", "WHEN", "KIND", "ACTOR", "ACTION", "TARGET"]))

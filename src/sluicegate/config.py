@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .policies.dlp.config import DlpConfig
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -97,6 +99,10 @@ class ServerConfig(_Strict):
     keepalive_interval: float = Field(default=10.0, gt=0)
     # On SIGTERM: how long in-flight streams may run before they are ended with a stream_error frame.
     drain_timeout: float = Field(default=30.0, ge=0)
+    # Load shedding: chat requests in flight per process (503 overloaded beyond it) and per key (429
+    # concurrency_limit_exceeded); null = no cap. Health, readiness and metrics are never shed.
+    max_concurrent_requests: int | None = Field(default=10_000, ge=1)
+    max_concurrent_per_key: int | None = Field(default=None, ge=1)
 
 
 class RetryConfig(_Strict):
@@ -129,11 +135,47 @@ class AuthConfig(_Strict):
     cache_ttl: float = Field(default=5.0, gt=0, le=300)
 
 
+class ObservabilityConfig(_Strict):
+    """Metrics, request logs and traces (docs/observability.md)."""
+
+    # Prometheus metrics at GET /metrics; off removes the sink and the endpoint (404).
+    metrics: bool = True
+    # Require the master key on /metrics. Off by default: scrapers on a private network rarely carry one,
+    # and the metrics hold no secrets (only model, deployment and group names, counts and durations).
+    metrics_auth: bool = False
+    # One info line per request on the ``sluicegate.request`` logger.
+    request_log: bool = True
+    # OTLP/HTTP traces endpoint (e.g. http://collector:4318); SLUICEGATE_OTEL_ENDPOINT overrides it.
+    # Unset means tracing is off and OpenTelemetry is never imported.
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="sluicegate", min_length=1)
+
+
+class MeteringConfig(_Strict):
+    # Raw usage rows older than this are deleted once their day is rolled up into daily totals.
+    retention_days: int = Field(default=90, ge=1)
+    rollup_interval: float = Field(default=3600.0, gt=0)
+    # Add every request to the hash-chained audit log (admin actions always are).
+    audit_requests: bool = True
+    # Bounded queue of records waiting for their group commit; callers wait when it is full.
+    max_pending: int = Field(default=10_000, ge=100)
+
+
+class LimitsConfig(_Strict):
+    # When Redis (shared limits) is unreachable: refuse (closed, the default) or admit without limits (open).
+    on_redis_error: Literal["closed", "open"] = "closed"
+
+
 class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     routing: RoutingConfig = RoutingConfig()
+    metering: MeteringConfig = MeteringConfig()
+    limits: LimitsConfig = LimitsConfig()
+    # Data loss prevention defaults (groups may override a direction); absent = no scanning.
+    dlp: DlpConfig = DlpConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @field_validator("models")
     @classmethod

@@ -100,6 +100,9 @@ class KeyAuthenticator:
             group=row.group_name,
             models=row.group_models,
             key_models=row.models,
+            key_limits=row.limits,
+            group_limits=row.group_limits,
+            group_dlp=row.group_dlp,
         )
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()

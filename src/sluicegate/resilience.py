@@ -6,7 +6,8 @@ is short; a longer one means "go elsewhere" rather than hold the client.
 
 The circuit breaker counts failures per deployment in a sliding window. Once open it sends no traffic
 for ``cooldown`` seconds, then lets exactly one probe through (half-open); the probe's success closes it
-at once, its failure re-opens it. State changes can be shared (``on_change``) so replicas agree.
+at once, its failure re-opens it. State changes go to every listener (``add_listener``): the Redis bus shares
+them so replicas agree, the metrics show them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,19 @@ class CircuitBreaker:
     def __init__(self, config: CircuitConfig, on_change: StateListener | None = None) -> None:
         self._config = config
         self._circuits: dict[str, _Circuit] = {}
-        self.on_change = on_change
+        # (listener, also told of changes applied from other processes): the Redis bus must not be told of
+        # remote changes (it would echo them back), a state gauge must.
+        self._listeners: list[tuple[StateListener, bool]] = []
+        if on_change is not None:
+            self.add_listener(on_change)
+
+    def add_listener(self, listener: StateListener, *, remote: bool = False) -> None:
+        self._listeners.append((listener, remote))
+
+    def _changed(self, key: str, state: str, *, remote: bool = False) -> None:
+        for listener, wants_remote in self._listeners:
+            if wants_remote or not remote:
+                listener(key, state)
 
     def state(self, key: str) -> str:
         circuit = self._circuits.get(key)
@@ -74,8 +87,8 @@ class CircuitBreaker:
         circuit.failures.clear()
         circuit.open_until = 0.0
         circuit.probing = False
-        if was_open and self.on_change is not None:
-            self.on_change(key, "closed")
+        if was_open:
+            self._changed(key, "closed")
 
     def failure(self, key: str) -> None:
         if not self._config.enabled:
@@ -94,8 +107,7 @@ class CircuitBreaker:
         if len(circuit.failures) >= self._config.failure_threshold:
             circuit.open_until = now + self._config.cooldown
             circuit.failures.clear()
-            if self.on_change is not None:
-                self.on_change(key, "open")
+            self._changed(key, "open")
 
     def release_probe(self, key: str) -> None:
         """A probe that ended without a verdict (the client left): let another one through."""
@@ -109,7 +121,9 @@ class CircuitBreaker:
         if state == "open":
             circuit.open_until = max(circuit.open_until, time.monotonic() + self._config.cooldown)
             circuit.failures.clear()
+            self._changed(key, "open", remote=True)
         elif state == "closed":
             circuit.open_until = 0.0
             circuit.failures.clear()
             circuit.probing = False
+            self._changed(key, "closed", remote=True)

@@ -24,6 +24,11 @@ class Target:
     key: str  # unique per deployment: the circuit breaker's and the metrics' handle
 
 
+def deployment_key(model: ModelConfig, index: int) -> str:
+    """The circuit breaker's handle of one deployment of one model (metrics map it back to labels)."""
+    return f"{model.id}#{index}:{model.deployments[index].label}"
+
+
 class Router:
     def __init__(self, config: GatewayConfig, providers: Mapping[str, Provider], rng: random.Random | None = None):
         self._models = {m.id: m for m in config.models}
@@ -50,7 +55,7 @@ class Router:
             order = self._weighted_order(model.deployments)
         for i in order:
             deployment = model.deployments[i]
-            key = f"{model.id}#{i}:{deployment.label}"
+            key = deployment_key(model, i)
             yield Target(model, deployment, self._providers[deployment.provider], is_fallback, key)
 
     def _weighted_order(self, deployments: list[Deployment]) -> list[int]:

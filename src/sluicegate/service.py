@@ -56,7 +56,13 @@ class RequestContext:
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     started_wall: float = field(default_factory=time.time)
+    # Durations in records use perf_counter: uvloop's loop.time() is libuv's cached millisecond clock,
+    # too coarse for sub-millisecond gateway overhead. loop.time() still drives the deadlines.
+    started_perf: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    prompt_estimate: int | None = None  # prompt tokens, counted once by whichever policy needs them first
+    budget_hold: tuple[list[Any], int] | None = None  # (budget accounts, micro-credits reserved)
+    dlp_events: list[Any] = field(default_factory=list)  # what DLP found and did (types and counts, never text)
     attempt_log: list[Attempt] = field(default_factory=list)
     policies_run: list[Policy] = field(default_factory=list)
     # Headers policies want on the response (e.g. x-ratelimit-*), whatever the outcome.
@@ -120,7 +126,7 @@ class ChatService:
         error_code: str | None = None,
         partial: bool = False,
     ) -> RequestRecord:
-        loop_now = asyncio.get_running_loop().time()
+        now = time.perf_counter()
         target = ctx.served_by
         rec = RequestRecord(
             request_id=ctx.request_id,
@@ -138,8 +144,8 @@ class ChatService:
             error_code=error_code,
             usage=usage,
             partial=partial,
-            latency_ms=(loop_now - ctx.started) * 1000,
-            ttft_ms=(ctx.first_token_at - ctx.started) * 1000 if ctx.first_token_at is not None else None,
+            latency_ms=(now - ctx.started_perf) * 1000,
+            ttft_ms=(ctx.first_token_at - ctx.started_perf) * 1000 if ctx.first_token_at is not None else None,
             attempts=ctx.attempt_log,
         )
         if usage is not None and target is not None:
@@ -169,14 +175,19 @@ class ChatService:
         context_fallback_used = False
         while (target := next(targets, None)) is not None:
             if not self.breaker.allow(target.key):
-                ctx.attempt_log.append(Attempt(target.model.id, target.deployment.label, False, "circuit_open"))
+                now = time.time()
+                label = target.deployment.label
+                ctx.attempt_log.append(
+                    Attempt(target.model.id, label, False, "circuit_open", started_at=now, ended_at=now)
+                )
                 last_error = last_error or UpstreamUnavailable("every deployment of this model is unavailable")
                 continue
             tries = 0
             while True:
                 tries += 1
                 ctx.attempts += 1
-                started = loop.time()
+                started = time.perf_counter()
+                started_at = time.time()
                 try:
                     result = await call(target)
                 except (UpstreamError, StreamInterrupted, TimeoutError) as exc:
@@ -188,7 +199,9 @@ class ChatService:
                             False,
                             err.code,
                             err.status,
-                            (loop.time() - started) * 1000,
+                            (time.perf_counter() - started) * 1000,
+                            started_at,
+                            time.time(),
                         )
                     )
                     last_error = err
@@ -214,10 +227,18 @@ class ChatService:
                     raise
                 self.breaker.success(target.key)
                 ctx.attempt_log.append(
-                    Attempt(target.model.id, target.deployment.label, True, latency_ms=(loop.time() - started) * 1000)
+                    Attempt(
+                        target.model.id,
+                        target.deployment.label,
+                        True,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        started_at=started_at,
+                        ended_at=time.time(),
+                    )
                 )
                 ctx.served_by = target
-                ctx.fallbacks = int(target.model.id != model.id)
+                # Fallback models tried (a model switch each), whether or not they answered.
+                ctx.fallbacks = len({a.model for a in ctx.attempt_log} - {model.id})
                 return result
             if loop.time() >= deadline:
                 break
@@ -255,7 +276,8 @@ class ChatService:
             raise
         target = ctx.served_by
         assert target is not None
-        ctx.first_token_at = asyncio.get_running_loop().time()
+        ctx.first_token_at = time.perf_counter()
+        completion = self.chain.filter_completion(ctx, completion)
         usage = completion.usage
         if usage is None:
             usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
@@ -300,7 +322,7 @@ class ChatService:
         except asyncio.CancelledError:
             await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
             raise
-        ctx.first_token_at = asyncio.get_running_loop().time()
+        ctx.first_token_at = time.perf_counter()
         return stream
 
 

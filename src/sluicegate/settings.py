@@ -17,6 +17,9 @@ class Settings:
     redis_url: str | None
     master_key: str | None
     data_dir: str
+    otel_endpoint: str | None = None  # SLUICEGATE_OTEL_ENDPOINT: traces over OTLP/HTTP (overrides the config)
+    # Set by `serve --workers N` (or by the operator): where prometheus_client keeps every worker's values.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, config_path: str | None = None) -> Settings:
@@ -28,4 +31,6 @@ class Settings:
             redis_url=env.get("SLUICEGATE_REDIS_URL") or None,
             master_key=env.get("SLUICEGATE_MASTER_KEY") or None,
             data_dir=data_dir,
+            otel_endpoint=env.get("SLUICEGATE_OTEL_ENDPOINT") or None,
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )

@@ -105,6 +105,23 @@ class ChatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate limits and a credit budget for one key or one group; None = unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_micro: int | None = None
+    budget_period: str = "total"  # total | day | month
+
+    @property
+    def any(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.budget_micro is not None
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the master key, or an API key with its group and model allow-lists."""
 
@@ -115,3 +132,7 @@ class Principal:
     is_admin: bool = False
     models: tuple[str, ...] | None = None  # group grants (patterns); None = everything (admin)
     key_models: tuple[str, ...] | None = None  # per-key narrowing; None = no narrowing
+    key_limits: Limits = NO_LIMITS
+    group_limits: Limits = NO_LIMITS
+    # The group's DLP override: {"request": {...} | None, "response": {...} | None}; absent keys use the default.
+    group_dlp: dict[str, Any] | None = None

@@ -153,7 +153,11 @@ def test_authentication_failures_are_401_with_one_message(
     assert r.status_code == 401
     err = envelope(r)
     assert err["code"] == "invalid_api_key"
-    assert err["message"] == "Incorrect or missing API key. Pass a valid key as 'Authorization: Bearer <key>'."
+    # One message for every cause, then the request id a caller can quote to the operator.
+    request_id = r.headers["x-request-id"]
+    assert err["message"] == (
+        f"Incorrect or missing API key. Pass a valid key as 'Authorization: Bearer <key>'. (request id: {request_id})"
+    )
     assert fake.requests == []
 
 

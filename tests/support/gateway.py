@@ -25,8 +25,19 @@ def free_port() -> int:
 class GatewayProcess:
     """``sluicegate serve`` with a given config; ``url`` is the origin, ``base_url`` what SDKs take."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        log_format: str | None = None,
+        workers: int = 1,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.args = [*(["--log-format", log_format] if log_format else []), "--workers", str(workers)]
+        self.args.extend(extra_args or [])
         self.config_path = workdir / "sluicegate.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = free_port()
@@ -45,6 +56,7 @@ class GatewayProcess:
     def start(self, timeout: float = 15.0) -> GatewayProcess:
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "sluicegate", "serve", "--config", str(self.config_path), "--port", str(self.port)]
+        cmd.extend(self.args)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

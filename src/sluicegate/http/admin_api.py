@@ -12,6 +12,12 @@
     GET    /admin/v1/keys/{name-or-prefix}
     POST   /admin/v1/keys/{name-or-prefix}/revoke
     POST   /admin/v1/keys/{name-or-prefix}/rotate → the new key, shown once
+    PUT    /admin/v1/groups/{name}/limits        {"rpm", "tpm", "budget" (credits), "budget_period"}; null clears
+    PUT    /admin/v1/groups/{name}/dlp           {"request": {"action", "detectors"}|null, "response": ...}
+    PUT    /admin/v1/keys/{name-or-prefix}/limits
+    GET    /admin/v1/usage?by=key|group|model&since=2026-11-01&until=...
+    GET    /admin/v1/audit?limit=100&kind=admin   newest first
+    GET    /admin/v1/audit/verify                 walks the hash chain
 
 Only the master key is accepted. Errors use the OpenAI envelope like every other endpoint.
 """
@@ -59,6 +65,10 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+def _query(request: Request) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(request.scope.get("query_string", b"").decode()).items()}
+
+
 def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": items}
 
@@ -82,6 +92,27 @@ async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, 
             if method == "DELETE":
                 await admin.delete_group(name)
                 return 200, {"deleted": True, "name": name}
+        case ["groups", name, "limits"] if method == "PUT":
+            return 200, await admin.set_group_limits(name, await _json(request))
+        case ["groups", name, "dlp"] if method == "PUT":
+            raw = await request.body(_MAX_ADMIN_BODY)
+            try:
+                override = orjson.loads(raw) if raw.strip() else None
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest("the request body is not valid JSON") from exc
+            return 200, await admin.set_group_dlp(name, override)
+        case ["keys", ref, "limits"] if method == "PUT":
+            return 200, await admin.set_key_limits(ref, await _json(request))
+        case ["usage"] if method == "GET":
+            q = _query(request)
+            rows = await admin.usage_report(q.get("by", "model"), q.get("since", "30d"), q.get("until"))
+            return 200, _listing(rows)
+        case ["audit"] if method == "GET":
+            q = _query(request)
+            limit = int(q["limit"]) if q.get("limit", "").isdigit() else 100
+            return 200, _listing(await admin.audit_entries(min(limit, 1000), q.get("kind")))
+        case ["audit", "verify"] if method == "GET":
+            return 200, await admin.verify_audit()
         case ["groups", name, "grants"] if method == "POST":
             body = await _json(request)
             return 200, await admin.grant(name, body.get("model"))
@@ -89,8 +120,7 @@ async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, 
             return 200, await admin.revoke_grant(name, pattern)
         case ["keys"]:
             if method == "GET":
-                group = parse_qs(request.scope.get("query_string", b"").decode()).get("group", [None])[0]
-                return 200, _listing(await admin.list_keys(group))
+                return 200, _listing(await admin.list_keys(_query(request).get("group")))
             if method == "POST":
                 body = await _json(request)
                 created = await admin.create_key(

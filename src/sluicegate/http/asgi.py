@@ -90,7 +90,7 @@ async def send_json(send: Send, status: int, obj: Any, headers: dict[str, str] |
 
 async def send_error(send: Send, exc: GatewayError, headers: dict[str, str] | None = None) -> None:
     merged = {**exc.headers, **(headers or {})}
-    await send_bytes(send, exc.status, error_body(exc), JSON, merged)
+    await send_bytes(send, exc.status, error_body(exc, merged.get("x-request-id")), JSON, merged)
 
 
 async def watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: list[bool]) -> None:

@@ -7,13 +7,14 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from ..chat_request import parse_chat_request
 from ..errors import GatewayError
 from ..policies.access import may_use
 from ..service import RequestContext
-from ..types import Principal
+from ..types import ChatRequest, Principal
 from .asgi import ClientGone, Request, send_error, send_json, watch_disconnect
 from .auth import extract_credential
 from .errors import internal_error
@@ -47,15 +48,21 @@ async def authenticate(gw: Gateway, request: Request) -> Principal:
 async def chat_completions(gw: Gateway, request: Request) -> None:
     request_id = request_id_of(request)
     ids = {"x-request-id": request_id}
+    arrived = time.time()
+    principal: Principal | None = None
+    chat: ChatRequest | None = None
     try:
         principal = await authenticate(gw, request)
         body = await request.body(gw.config.server.max_body_bytes)
         chat = parse_chat_request(body)
         ctx = RequestContext(request_id, principal, chat)
         gw.service.resolve(ctx)
+        gw.shedder.admit(principal.key_id)
     except ClientGone:
         return
     except GatewayError as exc:
+        if gw.observability is not None:  # refused before any policy: no record from the service
+            gw.observability.refused_at_edge(request_id, principal, chat, exc, arrived)
         await send_error(request.send, exc, ids)
         return
 
@@ -73,6 +80,7 @@ async def chat_completions(gw: Gateway, request: Request) -> None:
             raise
     finally:
         watcher.cancel()
+        gw.shedder.release(principal.key_id)
 
 
 async def _complete(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -135,6 +143,11 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         await start_response()
     await send({"type": "http.response.body", "body": stream.first, "more_body": True})
     gw.streams.add(stream)
+    if gw.drain_expired:
+        stream.abort("gateway shutting down")
+    metrics = gw.observability.metrics if gw.observability is not None else None
+    if metrics is not None:
+        metrics.stream_opened()
     rest = stream.rest()
     try:
         async for data in rest:
@@ -144,6 +157,8 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         await send({"type": "http.response.body", "body": stream_error_frame("internal error"), "more_body": True})
     finally:
         gw.streams.discard(stream)
+        if metrics is not None:
+            metrics.stream_closed()
         await rest.aclose()
     await send({"type": "http.response.body", "body": b""})
 

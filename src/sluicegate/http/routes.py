@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import admin_api, health, openai_api
+from . import admin_api, health, metrics_api, openai_api
 from .asgi import Request
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/models"): openai_api.list_models,
     ("GET", "/healthz"): health.healthz,
     ("GET", "/readyz"): health.readyz,
+    ("GET", "/metrics"): metrics_api.metrics,
 }
 
 PATHS = frozenset(path for _, path in ROUTES)

@@ -17,6 +17,9 @@ class Attempt:
     error_code: str | None = None
     status: int | None = None
     latency_ms: float = 0.0
+    # Epoch seconds, so traces can be emitted after the fact with the attempt's real start and end.
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from ..types import ChatChunk
+from ..types import ChatChunk, Completion
 
 if TYPE_CHECKING:
     from ..metering.record import RequestRecord
@@ -47,6 +47,10 @@ class Policy:
     def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
         return None
 
+    def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
+        """Rewrite a non-streaming answer (DLP); the default passes it through."""
+        return completion
+
 
 class PolicyChain:
     def __init__(self, policies: Sequence[Policy]) -> None:
@@ -64,6 +68,11 @@ class PolicyChain:
             except Exception:
                 # The answer is already decided; an after-hook failure must not hide the others.
                 log.exception("after-hook of %s failed (request %s)", policy.name, ctx.request_id)
+
+    def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
+        for policy in self._policies:
+            completion = policy.filter_completion(ctx, completion)
+        return completion
 
     def stream_filters(self, ctx: RequestContext) -> list[StreamFilter]:
         filters = []

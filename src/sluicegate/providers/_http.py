@@ -33,11 +33,17 @@ async def open_post(
     headers: Mapping[str, str],
     deployment: Deployment,
     translate: ErrorTranslator,
+    *,
+    whole_body: bool = False,
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` as JSON; return the response once its headers arrived with a status below 400."""
+    """POST ``body`` as JSON; return the response once its headers arrived with a status below 400.
+
+    ``whole_body``: a non-streaming call, whose headers come only with the finished answer, so they may
+    take as long as the total deadline rather than the headers timeout.
+    """
     t = deployment.timeouts
     try:
-        async with asyncio.timeout(t.connect + t.headers):
+        async with asyncio.timeout(t.total if whole_body else t.connect + t.headers):
             resp = await session.post(
                 url,
                 data=orjson.dumps(body),

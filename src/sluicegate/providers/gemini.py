@@ -54,14 +54,14 @@ class GeminiProvider:
         return headers
 
     async def _open(
-        self, url: str, body: dict[str, Any], deployment: Deployment, request_id: str
+        self, url: str, body: dict[str, Any], deployment: Deployment, request_id: str, *, whole_body: bool = False
     ) -> aiohttp.ClientResponse:
         headers = self._headers(deployment, request_id)
-        return await open_post(self._session, url, body, headers, deployment, translate_error)
+        return await open_post(self._session, url, body, headers, deployment, translate_error, whole_body=whole_body)
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
         body = build_request(request, deployment.default_max_tokens)
-        resp = await self._open(self._url(deployment, "generateContent"), body, deployment, request_id)
+        resp = await self._open(self._url(deployment, "generateContent"), body, deployment, request_id, whole_body=True)
         obj = await read_json(resp)
         if not isinstance(obj, dict):
             raise UpstreamEmptyBody("the upstream sent an unusable body")

@@ -43,15 +43,19 @@ class OpenAICompatProvider:
         assert deployment.api_base
         return deployment.api_base.rstrip("/") + "/chat/completions"
 
-    async def _open(self, body: dict[str, Any], deployment: Deployment, request_id: str) -> aiohttp.ClientResponse:
+    async def _open(
+        self, body: dict[str, Any], deployment: Deployment, request_id: str, *, whole_body: bool = False
+    ) -> aiohttp.ClientResponse:
         headers = self._headers(deployment, request_id)
-        return await open_post(self._session, self._url(deployment), body, headers, deployment, translate_error)
+        return await open_post(
+            self._session, self._url(deployment), body, headers, deployment, translate_error, whole_body=whole_body
+        )
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
         body = dict(request.body)
         body["model"] = deployment.model
         body.pop("stream", None)
-        resp = await self._open(body, deployment, request_id)
+        resp = await self._open(body, deployment, request_id, whole_body=True)
         obj = await read_json(resp)
         if not isinstance(obj, dict):
             raise UpstreamEmptyBody("the upstream sent an unusable body")

@@ -11,6 +11,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..types import NO_LIMITS, Limits
 from .schema import api_keys, groups
 
 
@@ -25,6 +26,8 @@ class GroupRow:
     models: tuple[str, ...]
     created_at: float
     updated_at: float
+    limits: Limits = NO_LIMITS
+    dlp: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +45,35 @@ class KeyRow:
     last_used_at: float | None
     revoked: bool
     revoked_at: float | None
+    limits: Limits = NO_LIMITS
+    group_limits: Limits = NO_LIMITS
+    group_dlp: dict[str, Any] | None = None
 
     def usable(self, now: float) -> bool:
         return not self.revoked and (self.expires_at is None or self.expires_at > now)
 
 
+def _limits(rpm: Any, tpm: Any, budget: Any, period: Any) -> Limits:
+    if rpm is None and tpm is None and budget is None:
+        return NO_LIMITS
+    return Limits(rpm=rpm, tpm=tpm, budget_micro=budget, budget_period=period or "total")
+
+
 def _group(row: Any) -> GroupRow:
-    return GroupRow(row.id, row.name, tuple(row.models or ()), row.created_at, row.updated_at)
+    limits = _limits(row.rpm, row.tpm, row.budget_micro, row.budget_period)
+    return GroupRow(row.id, row.name, tuple(row.models or ()), row.created_at, row.updated_at, limits, row.dlp)
 
 
-_KEY_COLUMNS = (*api_keys.c, groups.c.name.label("group_name"), groups.c.models.label("group_models"))
+_KEY_COLUMNS = (
+    *api_keys.c,
+    groups.c.name.label("group_name"),
+    groups.c.models.label("group_models"),
+    groups.c.rpm.label("group_rpm"),
+    groups.c.tpm.label("group_tpm"),
+    groups.c.budget_micro.label("group_budget_micro"),
+    groups.c.budget_period.label("group_budget_period"),
+    groups.c.dlp.label("group_dlp"),
+)
 
 
 def _key(row: Any) -> KeyRow:
@@ -69,6 +91,9 @@ def _key(row: Any) -> KeyRow:
         last_used_at=row.last_used_at,
         revoked=bool(row.revoked),
         revoked_at=row.revoked_at,
+        limits=_limits(row.rpm, row.tpm, row.budget_micro, row.budget_period),
+        group_limits=_limits(row.group_rpm, row.group_tpm, row.group_budget_micro, row.group_budget_period),
+        group_dlp=row.group_dlp,
     )
 
 
@@ -105,6 +130,21 @@ class IdentityStore:
             await conn.execute(
                 update(groups).where(groups.c.id == group_id).values(models=models, updated_at=time.time())
             )
+
+    async def set_limits(self, table: str, row_id: str, limits: Limits) -> None:
+        target = groups if table == "groups" else api_keys
+        values = {
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "budget_micro": limits.budget_micro,
+            "budget_period": limits.budget_period if limits.budget_micro is not None else None,
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(update(target).where(target.c.id == row_id).values(**values))
+
+    async def set_group_dlp(self, group_id: str, dlp: dict[str, Any] | None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(groups).where(groups.c.id == group_id).values(dlp=dlp, updated_at=time.time()))
 
     async def delete_group(self, group_id: str) -> None:
         async with self._engine.begin() as conn:

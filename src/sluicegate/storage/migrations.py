@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Table, inspect, select
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import schema
@@ -26,8 +28,41 @@ def _create(*tables: Table) -> Step:
     return step
 
 
+def _limits_columns(conn: Connection) -> None:
+    # alembic's operations give portable ALTER TABLE (and SQLite's batch mode) without hand-written DDL.
+    op = Operations(MigrationContext.configure(conn))
+    for table in ("groups", "api_keys"):
+        existing = {c["name"] for c in inspect(conn).get_columns(table)}
+        for column in (
+            Column("rpm", Integer, nullable=True),
+            Column("tpm", Integer, nullable=True),
+            Column("budget_micro", BigInteger, nullable=True),
+            Column("budget_period", String(10), nullable=True),
+        ):
+            if column.name not in existing:
+                op.add_column(table, column)
+
+
+def _accounting(conn: Connection) -> None:
+    _limits_columns(conn)
+    for table in (schema.usage, schema.usage_daily, schema.rollup_days, schema.audit_log, schema.audit_head):
+        table.create(conn, checkfirst=True)
+    if conn.execute(select(schema.audit_head.c.id)).first() is None:
+        conn.execute(schema.audit_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+
+
+def _group_dlp(conn: Connection) -> None:
+    if "dlp" not in {c["name"] for c in inspect(conn).get_columns("groups")}:
+        Operations(MigrationContext.configure(conn)).add_column("groups", Column("dlp", JSON, nullable=True))
+
+
+# The hash the first audit record chains to.
+GENESIS_HASH = "0" * 64
+
 MIGRATIONS: list[tuple[str, str, Step]] = [
     ("0001", "groups and api keys", _create(schema.groups, schema.api_keys)),
+    ("0002", "limits, budgets, usage, rollups, audit log", _accounting),
+    ("0003", "per-group DLP overrides", _group_dlp),
 ]
 
 

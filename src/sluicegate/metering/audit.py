@@ -1,0 +1,105 @@
+"""The tamper-evident audit chain: each record's hash covers its content and the previous record's hash.
+
+``hash = sha256(prev_hash + "\\n" + seq + "\\n" + created_at + "\\n" + kind + "\\n" + actor + "\\n" + action
++ "\\n" + target + "\\n" + payload)``. Editing any field of any row changes its hash; deleting a row
+breaks the next row's ``prev_hash`` and leaves a gap in ``seq``; truncating the tail leaves the head row
+(which every append updates in the same transaction) pointing past the end. ``verify`` walks the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select, update
+
+from ..storage.migrations import GENESIS_HASH
+from ..storage.schema import audit_head, audit_log
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    created_at: float
+    kind: str  # request | admin | dlp
+    actor: str
+    action: str
+    target: str
+    payload: dict[str, Any]
+
+
+def canonical(payload: dict[str, Any]) -> str:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def chain_hash(
+    prev_hash: str, seq: int, created_at: float, kind: str, actor: str, action: str, target: str, payload: str
+) -> str:
+    material = "\n".join((prev_hash, str(seq), repr(float(created_at)), kind, actor, action, target, payload))
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def append(conn: Connection, entries: Iterable[AuditEntry]) -> None:
+    """Extend the chain inside the caller's transaction (sync connection: run via ``run_sync``).
+
+    The head row is updated first, which takes the write lock (SQLite) or the row lock (PostgreSQL),
+    so concurrent writers, on any replica, extend one chain in turn.
+    """
+    items = list(entries)
+    if not items:
+        return
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+    seq, prev = int(head.seq), str(head.hash)
+    rows = []
+    for e in items:
+        seq += 1
+        payload = canonical(e.payload)
+        digest = chain_hash(prev, seq, e.created_at, e.kind, e.actor, e.action, e.target, payload)
+        rows.append(
+            {
+                "seq": seq,
+                "created_at": e.created_at,
+                "kind": e.kind,
+                "actor": e.actor,
+                "action": e.action,
+                "target": e.target,
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    conn.execute(audit_log.insert(), rows)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    records: int
+    problem: str | None = None
+    seq: int | None = None
+
+
+async def verify(rows: AsyncIterator[Any], head_seq: int, head_hash: str) -> VerifyResult:
+    """Walk the chain in ``seq`` order; the first inconsistency is reported with its sequence number."""
+    prev = GENESIS_HASH
+    expected_seq = 1
+    count = 0
+    async for row in rows:
+        if row.seq != expected_seq:
+            return VerifyResult(False, count, f"record {expected_seq} is missing (next is {row.seq})", expected_seq)
+        if row.prev_hash != prev:
+            return VerifyResult(False, count, f"record {row.seq} does not chain to the record before it", row.seq)
+        digest = chain_hash(prev, row.seq, row.created_at, row.kind, row.actor, row.action, row.target, row.payload)
+        if digest != row.hash:
+            return VerifyResult(False, count, f"record {row.seq} was altered (its hash does not match)", row.seq)
+        prev = row.hash
+        expected_seq += 1
+        count += 1
+    if count != head_seq or prev != head_hash:
+        return VerifyResult(False, count, f"the chain ends at record {count} but its head says {head_seq}", count + 1)
+    return VerifyResult(True, count)

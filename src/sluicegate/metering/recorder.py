@@ -1,0 +1,165 @@
+"""Group commit: every finished request waits for its record to be durable, without one fsync per request.
+
+``record`` queues the usage row (and its audit entry) and waits on a future; one writer task takes
+everything queued, writes it in a single transaction, and resolves all the futures. While one batch is
+being written the next one fills, so under load a commit covers many requests and costs each of them a
+fraction of a round trip. The queue is bounded (callers wait for room), so a slow store slows admissions
+instead of growing memory. ``MeteringSink`` is the policy-chain hook that calls it before the response
+ends; so a completed response always has its record, even if the process is killed right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..policies.base import Policy
+from .audit import AuditEntry
+from .record import RequestRecord
+from .usage_store import UsageStore, usage_row
+
+if TYPE_CHECKING:
+    from ..service import RequestContext
+
+log = logging.getLogger("sluicegate.metering")
+
+_MAX_BATCH = 1000
+_RETRIES = 3
+
+
+class UsageRecorder:
+    def __init__(self, store: UsageStore, *, max_pending: int = 10_000, audit_requests: bool = True) -> None:
+        self._store = store
+        self._audit_requests = audit_requests
+        self._queue: asyncio.Queue[tuple[dict[str, Any] | None, AuditEntry | None, asyncio.Future[None]]] = (
+            asyncio.Queue(max_pending)
+        )
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def record(self, rec: RequestRecord) -> None:
+        entry = request_audit(rec) if self._audit_requests else None
+        await self._submit(usage_row(rec), entry)
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await self._submit(None, entry)
+
+    async def _submit(self, row: dict[str, Any] | None, entry: AuditEntry | None) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((row, entry, future))
+        # Shielded: a client that disconnects must not cancel the bookkeeping of what it consumed.
+        await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[dict[str, Any] | None, AuditEntry | None, asyncio.Future[None]]]) -> None:
+        rows = [row for row, _, _ in batch if row is not None]
+        audits = [entry for _, entry, _ in batch if entry is not None]
+        error: BaseException | None = None
+        for attempt in range(_RETRIES):
+            try:
+                await self._store.write(rows, audits)
+                error = None
+                break
+            except Exception as exc:  # retried; a lost record is worse than a slow one
+                error = exc
+                log.error("writing %d usage records failed (try %d): %s", len(rows), attempt + 1, exc)
+                await asyncio.sleep(0.05 * (attempt + 1))
+        self.batches += 1
+        if error is not None:
+            self.failures += len(batch)
+        for _, _, future in batch:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+    async def close(self) -> None:
+        """Write whatever is queued, then stop (graceful shutdown)."""
+        pending = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        if pending:
+            await self._write(pending)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def request_audit(rec: RequestRecord) -> AuditEntry:
+    """The audit entry of a request: who, what, when, outcome, tokens, cost; never prompt text or secrets."""
+    u = rec.usage
+    return AuditEntry(
+        created_at=rec.started_at,
+        kind="request",
+        actor=rec.key_prefix,
+        action="chat.completion",
+        target=rec.model or rec.requested_model,
+        payload={
+            "request_id": rec.request_id,
+            "group": rec.group,
+            "status": rec.status,
+            "outcome": rec.outcome,
+            "error_code": rec.error_code,
+            "prompt_tokens": u.prompt_tokens if u else 0,
+            "completion_tokens": u.completion_tokens if u else 0,
+            "cost_micro": rec.cost_micro,
+            "partial": rec.partial,
+        },
+    )
+
+
+class MeteringSink(Policy):
+    """Writes the record (and its audit entry) before the response ends."""
+
+    name = "metering"
+
+    def __init__(self, recorder: UsageRecorder) -> None:
+        self._recorder = recorder
+
+    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+        try:
+            for event in ctx.dlp_events:
+                await self._recorder.audit(
+                    AuditEntry(
+                        record.started_at,
+                        "dlp",
+                        record.key_prefix,
+                        f"dlp.{event.direction}.{event.action}",
+                        event.detector,
+                        {"request_id": record.request_id, "count": event.count},
+                    )
+                )
+            await self._recorder.record(record)
+        except Exception as exc:
+            # The answer is already paid for upstream; failing the client now would not unspend it.
+            log.error("usage record of %s could not be written: %s", record.request_id, exc)
+
+
+class AuditSink:
+    """Admin actions into the same chain (``admin.AuditSink`` protocol): queued in a server, direct in the CLI."""
+
+    def __init__(self, write: Callable[[AuditEntry], Awaitable[None]]) -> None:
+        self._write = write
+
+    async def admin_action(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
+        await self._write(AuditEntry(time.time(), "admin", actor, action, target, details))

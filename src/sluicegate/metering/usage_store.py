@@ -1,0 +1,226 @@
+"""Usage rows, daily rollups, retention, spend totals and reports, over the shared SQL store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnClause
+
+from ..storage.schema import audit_head, audit_log, rollup_days, usage, usage_daily
+from . import audit
+from .audit import AuditEntry, VerifyResult
+from .record import RequestRecord
+
+# Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
+_EMPTY: ColumnClause[str] = literal_column("''")
+
+REPORT_DIMENSIONS = {"key": "key_prefix", "group": "group_name", "model": "model"}
+
+
+def utc_day(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d")
+
+
+def usage_row(rec: RequestRecord) -> dict[str, Any]:
+    u = rec.usage
+    return {
+        "request_id": rec.request_id,
+        "created_at": rec.started_at,
+        "day": utc_day(rec.started_at),
+        "key_id": rec.key_id,
+        "key_prefix": rec.key_prefix,
+        "group_name": rec.group,
+        "requested_model": rec.requested_model,
+        "model": rec.model,
+        "deployment": rec.deployment,
+        "stream": rec.stream,
+        "status": rec.status,
+        "outcome": rec.outcome,
+        "error_code": rec.error_code,
+        "partial": rec.partial,
+        "estimated": rec.estimated,
+        "prompt_tokens": u.prompt_tokens if u else 0,
+        "cached_tokens": u.cached_tokens if u else 0,
+        "cache_write_tokens": u.cache_write_tokens if u else 0,
+        "completion_tokens": u.completion_tokens if u else 0,
+        "reasoning_tokens": u.reasoning_tokens if u else 0,
+        "cost_micro": rec.cost_micro,
+        "latency_ms": round(rec.latency_ms, 3),
+        "ttft_ms": round(rec.ttft_ms, 3) if rec.ttft_ms is not None else None,
+        "user_field": rec.user[:300] if rec.user else None,
+        "attempts": [
+            {
+                "model": a.model,
+                "deployment": a.deployment,
+                "ok": a.ok,
+                "error_code": a.error_code,
+                "status": a.status,
+                "latency_ms": round(a.latency_ms, 3),
+            }
+            for a in rec.attempts
+        ],
+    }
+
+
+class UsageStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def write(self, rows: Sequence[dict[str, Any]], audits: Sequence[AuditEntry]) -> None:
+        """One transaction for a whole batch: the group commit."""
+        async with self._engine.begin() as conn:
+            if rows:
+                await conn.execute(insert(usage), list(rows))
+            if audits:
+                await conn.run_sync(audit.append, audits)
+
+    async def by_request_ids(self, request_ids: Sequence[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async with self._engine.connect() as conn:
+            for i in range(0, len(request_ids), 500):
+                part = list(request_ids[i : i + 500])
+                rows = await conn.execute(select(usage).where(usage.c.request_id.in_(part)))
+                out.extend({str(k): v for k, v in r._mapping.items()} for r in rows)
+        return out
+
+    async def spent_since(self, scope: str, ident: str, start: float) -> int:
+        """Micro-credits spent by a key (scope ``key``) or group since ``start``: rollups plus raw rows."""
+        raw_col = usage.c.key_id if scope == "key" else usage.c.group_name
+        daily_col = usage_daily.c.key_id if scope == "key" else usage_daily.c.group_name
+        start_day = utc_day(start)
+        rolled = select(rollup_days.c.day)
+        async with self._engine.connect() as conn:
+            raw = await conn.execute(
+                select(func.coalesce(func.sum(usage.c.cost_micro), 0)).where(
+                    raw_col == ident, usage.c.created_at >= start, usage.c.day.not_in(rolled)
+                )
+            )
+            daily = await conn.execute(
+                select(func.coalesce(func.sum(usage_daily.c.cost_micro), 0)).where(
+                    daily_col == ident, usage_daily.c.day >= start_day
+                )
+            )
+            return int(raw.scalar_one()) + int(daily.scalar_one())
+
+    async def report(self, by: str, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """Totals grouped by key prefix, group or model: rolled-up days from usage_daily, the rest raw."""
+        column = REPORT_DIMENSIONS[by]
+        since_day, until = utc_day(since), until or time.time() + 1
+        until_day = utc_day(until)
+        rolled = select(rollup_days.c.day)
+        totals: dict[str, dict[str, int]] = {}
+        metrics = (
+            "requests",
+            "errors",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "cost_micro",
+        )
+        raw_group = getattr(usage.c, column)
+        daily_group = getattr(usage_daily.c, column)
+        raw_q = select(
+            raw_group.label("k"),
+            func.count().label("requests"),
+            func.coalesce(func.sum((usage.c.status >= 400).cast(usage.c.prompt_tokens.type)), 0).label("errors"),
+            *(func.coalesce(func.sum(getattr(usage.c, m)), 0).label(m) for m in metrics[2:]),
+        ).where(usage.c.created_at >= since, usage.c.created_at < until, usage.c.day.not_in(rolled))
+        daily_q = select(
+            daily_group.label("k"),
+            *(func.coalesce(func.sum(getattr(usage_daily.c, m)), 0).label(m) for m in metrics),
+        ).where(usage_daily.c.day >= since_day, usage_daily.c.day <= until_day)
+        async with self._engine.connect() as conn:
+            for q in (raw_q.group_by(raw_group), daily_q.group_by(daily_group)):
+                for row in await conn.execute(q):
+                    entry = totals.setdefault(row.k or "", dict.fromkeys(metrics, 0))
+                    for m in metrics:
+                        entry[m] += int(getattr(row, m))
+        return [{by: k, **v} for k, v in sorted(totals.items(), key=lambda kv: -kv[1]["cost_micro"])]
+
+    async def rollup(self, now: float | None = None) -> list[str]:
+        """Roll every complete UTC day not yet rolled into usage_daily; idempotent, safe on many replicas."""
+        today = utc_day(now or time.time())
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(_rollup_sync, today)
+
+    async def prune(self, retention_days: int, now: float | None = None) -> int:
+        """Delete raw rows older than the retention, only for days already rolled up."""
+        cutoff = (now or time.time()) - retention_days * 86400
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(usage).where(usage.c.created_at < cutoff, usage.c.day.in_(select(rollup_days.c.day)))
+            )
+            return int(result.rowcount or 0)
+
+    async def verify_audit(self) -> VerifyResult:
+        async with self._engine.connect() as conn:
+            head = (await conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))).one()
+            stream = await conn.stream(select(audit_log).order_by(audit_log.c.seq))
+
+            async def rows() -> AsyncIterator[Any]:
+                async for row in stream:
+                    yield row
+
+            return await audit.verify(rows(), int(head.seq), str(head.hash))
+
+    async def audit_entries(self, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        if kind:
+            stmt = stmt.where(audit_log.c.kind == kind)
+        async with self._engine.connect() as conn:
+            return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(stmt)]
+
+
+def _rollup_sync(conn: Connection, today: str) -> list[str]:
+    done = set(conn.execute(select(rollup_days.c.day)).scalars())
+    days = [
+        d for d in conn.execute(select(usage.c.day).where(usage.c.day < today).distinct()).scalars() if d not in done
+    ]
+    for day in sorted(days):
+        conn.execute(delete(usage_daily).where(usage_daily.c.day == day))
+        errors = func.sum((usage.c.status >= 400).cast(usage.c.prompt_tokens.type))
+        agg = (
+            select(
+                literal(day).label("day"),
+                usage.c.key_id,
+                func.max(usage.c.key_prefix),
+                func.coalesce(usage.c.group_name, _EMPTY),
+                func.coalesce(usage.c.model, _EMPTY),
+                func.count(),
+                func.coalesce(errors, 0),
+                func.sum(usage.c.prompt_tokens),
+                func.sum(usage.c.cached_tokens),
+                func.sum(usage.c.completion_tokens),
+                func.sum(usage.c.reasoning_tokens),
+                func.sum(usage.c.cost_micro),
+            )
+            .where(and_(usage.c.day == day))
+            .group_by(usage.c.key_id, func.coalesce(usage.c.group_name, _EMPTY), func.coalesce(usage.c.model, _EMPTY))
+        )
+        conn.execute(
+            insert(usage_daily).from_select(
+                [
+                    "day",
+                    "key_id",
+                    "key_prefix",
+                    "group_name",
+                    "model",
+                    "requests",
+                    "errors",
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "completion_tokens",
+                    "reasoning_tokens",
+                    "cost_micro",
+                ],
+                agg,
+            )
+        )
+        conn.execute(insert(rollup_days).values(day=day, rolled_at=time.time()))
+    return sorted(days)

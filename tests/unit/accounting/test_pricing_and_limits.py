@@ -1,0 +1,149 @@
+"""Costs by hand, GCRA admission, budgets: in-process and in the machine's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from sluicegate.config import Price
+from sluicegate.metering.pricing import cost_micro
+from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, period_bounds
+from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
+from sluicegate.types import Usage
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("usage", "price", "expected"),
+    [
+        # 1,000 prompt tokens at 3 credits/M = 3,000 micro; 500 completion at 15/M = 7,500 micro.
+        (Usage(prompt_tokens=1000, completion_tokens=500), Price(input=3, output=15), 10_500),
+        # 800 of 1,000 prompt tokens cached at 0.3/M: 200*3 + 800*0.3 + 100*15 = 600 + 240 + 1,500.
+        (
+            Usage(prompt_tokens=1000, cached_tokens=800, completion_tokens=100),
+            Price(input=3, cached_input=0.3, output=15),
+            2340,
+        ),
+        # No cached price: cached tokens cost the input price.
+        (Usage(prompt_tokens=10, cached_tokens=10, completion_tokens=0), Price(input=2, output=0), 20),
+        # 7 tokens at 0.15/M = 1.05 micro; 3 at 0.6/M = 1.8 micro; total 2.85 rounds half-up once to 3.
+        (Usage(prompt_tokens=7, completion_tokens=3), Price(input=0.15, output=0.6), 3),
+        # Free model.
+        (Usage(prompt_tokens=10**6, completion_tokens=10**6), Price(), 0),
+    ],
+)
+def test_cost_in_integer_micro_credits(usage: Usage, price: Price, expected: int) -> None:
+    cost = cost_micro(usage, price)
+    assert cost == expected and isinstance(cost, int)
+
+
+def test_duration_format() -> None:
+    assert [duration(x) for x in (0.0, 0.25, 1.0, 1.2, 59.5, 60.0, 361)] == [
+        "0ms",
+        "250ms",
+        "1s",
+        "2s",
+        "1m0s",
+        "1m0s",
+        "6m1s",
+    ]
+
+
+def test_period_bounds_utc() -> None:
+    ts = 1795812000.0  # 2026-11-27 17:20 UTC
+    assert period_bounds("day", ts)[0] == "2026-11-27"
+    pid, start, end = period_bounds("month", ts)
+    assert pid == "2026-11" and end - start == 30 * 86400
+    assert period_bounds("total", ts)[:2] == ("total", 0.0)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[LocalLimiter | RedisLimiter]:
+    if request.param == "local":
+        yield LocalLimiter()
+        return
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        yield RedisLimiter(client, prefix=f"test:{uuid.uuid4().hex}:")
+    finally:
+        await client.aclose()
+
+
+async def test_gcra_admits_exactly_the_limit_in_a_burst(limiter: LocalLimiter | RedisLimiter) -> None:
+    import time
+
+    now = time.time()
+    bucket = [Bucket("rl:key:k:requests", 60, 1, "requests")]
+    verdicts = [await limiter.take(bucket, now) for _ in range(100)]
+    allowed = [v for v in verdicts if v.allowed]
+    assert len(allowed) == 60
+    assert [v.remaining[0] for v in allowed][:3] == [59, 58, 57] and allowed[-1].remaining[0] == 0
+    refused = verdicts[60]
+    assert not refused.allowed and 0 < refused.retry_after <= 1.05
+
+
+async def test_gcra_all_or_nothing_across_buckets(limiter: LocalLimiter | RedisLimiter) -> None:
+    import time
+
+    now = time.time()
+    key = Bucket("rl:key:a:requests", 100, 1, "requests")
+    group = Bucket("rl:group:g:requests", 2, 1, "requests")
+    assert (await limiter.take([key, group], now)).allowed
+    assert (await limiter.take([key, group], now)).allowed
+    third = await limiter.take([key, group], now)
+    assert not third.allowed
+    # The refused request charged nothing: the key bucket still has 98 left.
+    assert (await limiter.take([key], now)).remaining == [97]
+
+
+async def test_local_gcra_has_no_double_burst_at_window_edges() -> None:
+    limiter = LocalLimiter()
+    bucket = [Bucket("b", 60, 1, "requests")]
+    t = 1000.0
+    # A fixed one-minute window would admit 60 just before its edge and 60 more just after: 120 in one second.
+    before_edge = sum([(await limiter.take(bucket, t + 59.5)).allowed for _ in range(100)])
+    after_edge = sum([(await limiter.take(bucket, t + 60.5)).allowed for _ in range(100)])
+    assert (before_edge, after_edge) == (60, 1)  # GCRA refills at one per second, never a second burst
+    # The steady rate is the limit: one more per second after that.
+    assert sum([(await limiter.take(bucket, t + 62.5)).allowed for _ in range(100)]) == 2
+
+
+@pytest.fixture(params=["local", "redis"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[LocalLedger | RedisLedger]:
+    async def load(scope: str, ident: str, start: float) -> int:
+        return 1_000 if ident == "preloaded" else 0
+
+    if request.param == "local":
+        yield LocalLedger(load)
+        return
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        yield RedisLedger(client, load, prefix=f"test:{uuid.uuid4().hex}:")
+    finally:
+        await client.aclose()
+
+
+async def test_concurrent_reservations_never_overshoot(ledger: LocalLedger | RedisLedger) -> None:
+    account = Account("key", "k1", "total", 0.0, float("inf"), 10_000)
+    results = await asyncio.gather(*(ledger.reserve([account], 1_000) for _ in range(50)))
+    admitted = [r for r in results if r is None]
+    assert len(admitted) == 10
+    # Each finished call costs less than it reserved: the room comes back.
+    for _ in admitted[:5]:
+        await ledger.settle([account], 1_000, 400)
+    assert await ledger.reserve([account], 1_000) is None  # 5*400 spent + 5*1000 reserved + 1000 <= 10000
+    again = await asyncio.gather(*(ledger.reserve([account], 1_000) for _ in range(10)))
+    assert sum(r is None for r in again) == 2  # 2,000 + 6,000 reserved + 2 * 1,000 = 10,000
+
+
+async def test_ledger_loads_prior_spend_and_refuses_group_or_key(ledger: LocalLedger | RedisLedger) -> None:
+    key = Account("key", "preloaded", "total", 0.0, float("inf"), 1_500)
+    group = Account("group", "g", "total", 0.0, float("inf"), 10_000)
+    refused = await ledger.reserve([key, group], 600)
+    assert refused == key  # 1,000 already spent before this process started
+    assert await ledger.reserve([key, group], 500) is None

@@ -16,7 +16,6 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
-from redis.asyncio import from_url as redis_from_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
@@ -89,6 +88,9 @@ class Gateway:
         self.identity = IdentityStore(self.engine)
         self.authenticator = KeyAuthenticator(self.identity, self.master, ttl=self.config.auth.cache_ttl)
         if self.settings.redis_url:
+            # Imported only when configured: redis-py costs a process ~8 MB it would not use otherwise.
+            from redis.asyncio import from_url as redis_from_url
+
             self.redis = redis_from_url(self.settings.redis_url)
             self.bus = RedisBus(self.redis, self.authenticator)
         else:
@@ -143,6 +145,8 @@ class Gateway:
             self.breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
         self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
         self._install_drain_signal()
+        if any(d.provider == "demo" for m in self.config.models for d in m.deployments):
+            await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
         # Long-lived objects built at start never become garbage: keep the collector off them.
         gc.collect()
         gc.freeze()

@@ -84,6 +84,9 @@ class OpenAICompatProvider:
         resp = await self._open(body, deployment, request_id)
         decoder = SseDecoder()
         finished = False
+        # Until the first real content is out, hand it over as soon as it is parsed, even when the same
+        # read holds the rest of the answer: time to first token is what clients feel.
+        eager = True
         try:
             while True:
                 data = await read_some(resp)
@@ -104,6 +107,10 @@ class OpenAICompatProvider:
                         break
                     if chunk is not None:
                         batch.append(chunk)
+                        if eager and _has_content(chunk):
+                            eager = False
+                            yield batch
+                            batch = []
                 if batch:
                     yield batch
                 if failure is not None:
@@ -112,6 +119,10 @@ class OpenAICompatProvider:
                     return
         finally:
             end_response(resp, finished=finished)
+
+
+def _has_content(chunk: ChatChunk) -> bool:
+    return any(c.finish_reason is not None or any(k != "role" and v for k, v in c.delta.items()) for c in chunk.choices)
 
 
 def _parse_chunk(payload: bytes, deployment: Deployment, stats: StreamStats) -> ChatChunk | None:

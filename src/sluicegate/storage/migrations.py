@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,19 +27,34 @@ def _create(*tables: Table) -> Step:
     return step
 
 
-def _limits_columns(conn: Connection) -> None:
+def _add_columns(conn: Connection, table: str, columns: list[Column[Any]]) -> None:
+    """Add the columns a table lacks (a database created before they existed)."""
+    existing = {c["name"] for c in inspect(conn).get_columns(table)}
+    missing = [c for c in columns if c.name not in existing]
+    if not missing:
+        return
     # alembic's operations give portable ALTER TABLE (and SQLite's batch mode) without hand-written DDL.
+    # Imported here, not at the top: only an upgrade needs it, and it costs every process ~12 MB.
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
     op = Operations(MigrationContext.configure(conn))
+    for column in missing:
+        op.add_column(table, column)
+
+
+def _limits_columns(conn: Connection) -> None:
     for table in ("groups", "api_keys"):
-        existing = {c["name"] for c in inspect(conn).get_columns(table)}
-        for column in (
-            Column("rpm", Integer, nullable=True),
-            Column("tpm", Integer, nullable=True),
-            Column("budget_micro", BigInteger, nullable=True),
-            Column("budget_period", String(10), nullable=True),
-        ):
-            if column.name not in existing:
-                op.add_column(table, column)
+        _add_columns(
+            conn,
+            table,
+            [
+                Column("rpm", Integer, nullable=True),
+                Column("tpm", Integer, nullable=True),
+                Column("budget_micro", BigInteger, nullable=True),
+                Column("budget_period", String(10), nullable=True),
+            ],
+        )
 
 
 def _accounting(conn: Connection) -> None:
@@ -52,8 +66,7 @@ def _accounting(conn: Connection) -> None:
 
 
 def _group_dlp(conn: Connection) -> None:
-    if "dlp" not in {c["name"] for c in inspect(conn).get_columns("groups")}:
-        Operations(MigrationContext.configure(conn)).add_column("groups", Column("dlp", JSON, nullable=True))
+    _add_columns(conn, "groups", [Column("dlp", JSON, nullable=True)])
 
 
 # The hash the first audit record chains to.

@@ -167,7 +167,7 @@ class Gateway:
             # and see refusals by the policies below; after-hooks run in reverse, so they still record last
             # (the usage record after the budget is settled, metrics and logs after the record is durable).
             *self.observability.sinks,
-            MeteringSink(self.recorder),
+            *([MeteringSink(self.recorder)] if self.config.metering.enabled else []),
             RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
             DlpPolicy(self.dlp),
             BudgetPolicy(ledger, self.tokens, time.time),

@@ -152,6 +152,8 @@ class ObservabilityConfig(_Strict):
 
 
 class MeteringConfig(_Strict):
+    # Off: no usage records (and no request audit entries). For measurement only: budgets then see no spend.
+    enabled: bool = True
     # Raw usage rows older than this are deleted once their day is rolled up into daily totals.
     retention_days: int = Field(default=90, ge=1)
     rollup_interval: float = Field(default=3600.0, gt=0)

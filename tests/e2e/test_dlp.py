@@ -166,3 +166,20 @@ def test_group_override_validation(gw: GatewayProcess) -> None:
     assert unknown.status_code == 400
     ok = admin(gw, "PUT", f"/groups/{group}/dlp", {"request": None})
     assert ok.status_code == 200 and ok.json()["dlp"] == {"request": None}
+
+
+def test_dlp_actions_are_counted_in_metrics(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+    def blocked_cards() -> float:
+        body = httpx.get(gw.url + "/metrics").text
+        for line in body.splitlines():
+            if (
+                line.startswith("sluicegate_dlp_actions_total{")
+                and 'detector="payment_card"' in line
+                and ('action="block"' in line and 'direction="request"' in line)
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = blocked_cards()
+    assert post(gw, key_in_group(gw), f"card {CARD}").status_code == 403
+    assert blocked_cards() == before + 1

@@ -19,6 +19,7 @@ from .sink import RecordSink
 if TYPE_CHECKING:
     from ..config import GatewayConfig
     from ..errors import GatewayError
+    from ..service import RequestContext
     from ..settings import Settings
     from ..types import ChatRequest, Principal
     from .tracing import TraceSink
@@ -33,8 +34,15 @@ class _FanOut(RecordSink):
 
     name = "observability"
 
-    def __init__(self, parts: list[RecordSink]) -> None:
+    def __init__(self, parts: list[RecordSink], metrics: Metrics | None) -> None:
         self.parts = parts
+        self._metrics = metrics
+
+    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+        self.observe(record)
+        if self._metrics is not None:
+            for event in ctx.dlp_events:  # what DLP did lives on the context, not in the record
+                self._metrics.dlp_action(event.direction, event.action, event.detector, event.count)
 
     def observe(self, record: RequestRecord) -> None:
         for part in self.parts:
@@ -63,7 +71,7 @@ class Observability:
 
             self.tracing = TraceSink.otlp(config, endpoint, obs.service_name)
             parts.append(self.tracing)
-        self._fan_out = _FanOut(parts)
+        self._fan_out = _FanOut(parts, self.metrics)
         self.sinks: list[RecordSink] = [self._fan_out] if parts else []
 
     def refused_at_edge(

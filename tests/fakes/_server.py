@@ -5,6 +5,7 @@ A thread (not the test's loop) so that both sync SDK clients and async gateway t
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import threading
@@ -17,7 +18,7 @@ from aiohttp import web
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ThreadedServer:
+class ThreadedServer(abc.ABC):
     """Subclasses add routes in ``routes()``; ``requests`` logs ``{"path", "query", "headers", "body"}``."""
 
     def __init__(self) -> None:
@@ -27,8 +28,8 @@ class ThreadedServer:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
 
-    def routes(self) -> list[web.RouteDef]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def routes(self) -> list[web.RouteDef]: ...
 
     def start(self) -> ThreadedServer:
         ready = threading.Event()

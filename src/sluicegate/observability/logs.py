@@ -10,6 +10,7 @@ or any prompt or completion text: its fields are built from the record, field by
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import time
@@ -45,7 +46,7 @@ class _Clock:
         return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
 
 
-class LineFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter, metaclass=abc.ABCMeta):
     """Base of our two formats: ``render`` builds a line from plain values, so the request sink can skip the
     LogRecord machinery and still write exactly what ``format`` would."""
 
@@ -60,6 +61,7 @@ class LineFormatter(logging.Formatter):
             record.created, record.levelname, record.name, record.getMessage(), record.process, fields, exc
         )
 
+    @abc.abstractmethod
     def render(
         self,
         created: float,
@@ -69,8 +71,7 @@ class LineFormatter(logging.Formatter):
         pid: int | None,
         fields: dict[str, Any] | None,
         exc: str | None = None,
-    ) -> str:
-        raise NotImplementedError
+    ) -> str: ...
 
 
 class JsonFormatter(LineFormatter):

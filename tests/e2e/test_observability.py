@@ -241,7 +241,7 @@ def test_otlp_span_tree_of_a_request_with_one_retry(
         assert r.status_code == 200 and r.headers["x-sluicegate-attempts"] == "2"
         spans: list[Any] = []
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(spans) < 3:
+        while time.monotonic() < deadline and len(spans) < 4:
             time.sleep(0.05)
             spans = []
             for path, body in list(collector.requests):  # type: ignore[attr-defined]
@@ -249,13 +249,19 @@ def test_otlp_span_tree_of_a_request_with_one_retry(
                 for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
                     for ss in rs.scope_spans:
                         spans.extend(ss.spans)
-    assert len(spans) == 3
+    assert len(spans) == 4  # the request, two attempts, the usage write
 
     def attrs(span: Any) -> dict[str, Any]:
         return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
 
     root = next(s for s in spans if not s.parent_span_id)
-    children = sorted((s for s in spans if s.parent_span_id), key=lambda s: s.start_time_unix_nano)
+    children = sorted(
+        (s for s in spans if s.parent_span_id and s.name != "sluicegate.storage.write usage"),
+        key=lambda s: s.start_time_unix_nano,
+    )
+    (write,) = [s for s in spans if s.name == "sluicegate.storage.write usage"]
+    assert write.parent_span_id == root.span_id and write.trace_id == root.trace_id
+    assert write.start_time_unix_nano >= children[-1].end_time_unix_nano  # written after the answer came back
     assert root.name == "chat gpt-test"
     a = attrs(root)
     assert a["sluicegate.request_id"] == "trace-me" and a["gen_ai.system"] == "openai"

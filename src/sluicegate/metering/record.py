@@ -43,6 +43,8 @@ class RequestRecord:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # Epoch start and end of the commit that made this record durable (set by the recorder).
+    stored: tuple[float, float] | None = None
 
     @property
     def estimated(self) -> bool:

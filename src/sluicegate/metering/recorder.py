@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluicegate.metering")
 
 _MAX_BATCH = 1000
+# (usage row, audit entry, resolved with the (start, end) epoch times of the commit that carried it)
+_Item = tuple[dict[str, Any] | None, AuditEntry | None, "asyncio.Future[tuple[float, float]]"]
 _RETRIES = 3
 
 
@@ -35,9 +37,7 @@ class UsageRecorder:
     def __init__(self, store: UsageStore, *, max_pending: int = 10_000, audit_requests: bool = True) -> None:
         self._store = store
         self._audit_requests = audit_requests
-        self._queue: asyncio.Queue[tuple[dict[str, Any] | None, AuditEntry | None, asyncio.Future[None]]] = (
-            asyncio.Queue(max_pending)
-        )
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.failures = 0
@@ -47,16 +47,16 @@ class UsageRecorder:
 
     async def record(self, rec: RequestRecord) -> None:
         entry = request_audit(rec) if self._audit_requests else None
-        await self._submit(usage_row(rec), entry)
+        rec.stored = await self._submit(usage_row(rec), entry)
 
     async def audit(self, entry: AuditEntry) -> None:
         await self._submit(None, entry)
 
-    async def _submit(self, row: dict[str, Any] | None, entry: AuditEntry | None) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _submit(self, row: dict[str, Any] | None, entry: AuditEntry | None) -> tuple[float, float]:
+        future: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
         await self._queue.put((row, entry, future))
         # Shielded: a client that disconnects must not cancel the bookkeeping of what it consumed.
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     async def _run(self) -> None:
         while True:
@@ -69,10 +69,11 @@ class UsageRecorder:
                     break
             await self._write(batch)
 
-    async def _write(self, batch: list[tuple[dict[str, Any] | None, AuditEntry | None, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[_Item]) -> None:
         rows = [row for row, _, _ in batch if row is not None]
         audits = [entry for _, entry, _ in batch if entry is not None]
         error: BaseException | None = None
+        started = time.time()
         for attempt in range(_RETRIES):
             try:
                 await self._store.write(rows, audits)
@@ -85,10 +86,11 @@ class UsageRecorder:
         self.batches += 1
         if error is not None:
             self.failures += len(batch)
+        span = (started, time.time())
         for _, _, future in batch:
             if not future.done():
                 if error is None:
-                    future.set_result(None)
+                    future.set_result(span)
                 else:
                     future.set_exception(error)
 

@@ -109,6 +109,16 @@ class TraceSink(RecordSink):
         parent = trace.set_span_in_context(root)
         for attempt in record.attempts:
             self._attempt_span(parent, attempt, record)
+        if record.stored is not None:
+            begin, end = record.stored
+            write = self._tracer.start_span(
+                "sluicegate.storage.write usage",
+                context=parent,
+                kind=SpanKind.CLIENT,
+                start_time=_ns(begin),
+                attributes={"db.operation.name": "INSERT", "db.collection.name": "usage"},
+            )
+            write.end(end_time=_ns(end))
         if record.outcome in _FAILED or record.status >= 500:
             root.set_status(Status(StatusCode.ERROR, record.error_code))
         root.end(end_time=start + int(record.latency_ms * 1e6))

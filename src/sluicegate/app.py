@@ -83,7 +83,10 @@ class Gateway:
 
     async def open_store(self) -> None:
         """Store, migrations, identity cache and bus: shared by ``serve`` and the CLI."""
-        self.engine = create_engine(self.settings.database_url)
+        storage = self.config.storage
+        self.engine = create_engine(
+            self.settings.database_url, pool_size=storage.pool_size, max_overflow=storage.max_overflow
+        )
         await migrate(self.engine)
         self.identity = IdentityStore(self.engine)
         self.authenticator = KeyAuthenticator(self.identity, self.master, ttl=self.config.auth.cache_ttl)

@@ -58,6 +58,13 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         os.environ["SLUICEGATE_CONFIG"] = os.path.abspath(config_path)
     else:
         os.environ.pop("SLUICEGATE_CONFIG", None)
+    if workers > 1 and not os.environ.get("SLUICEGATE_REDIS_URL"):
+        log.warning(
+            "--workers %d without SLUICEGATE_REDIS_URL: rate limits and budgets are kept per worker (up to %dx), "
+            "and revocations reach other workers only when their key cache expires; see docs/deploy.md",
+            workers,
+            workers,
+        )
     if not os.environ.get("SLUICEGATE_MASTER_KEY"):
         log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
     log.info("sluicegate serving %d model(s) on http://%s:%d/v1", len(config.models), host, port)
@@ -80,6 +87,11 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
             log_config=logging_config,
             # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
             timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
+            backlog=config.server.backlog,
+            timeout_keep_alive=math.ceil(config.server.keepalive_timeout),
+            # No proxy header rewriting: the gateway never trusts client-supplied addresses (and it costs ~1%).
+            proxy_headers=False,
+            server_header=False,
         )
 
 

@@ -103,6 +103,16 @@ class ServerConfig(_Strict):
     # concurrency_limit_exceeded); null = no cap. Health, readiness and metrics are never shed.
     max_concurrent_requests: int | None = Field(default=10_000, ge=1)
     max_concurrent_per_key: int | None = Field(default=None, ge=1)
+    # The listen queue (raise with net.core.somaxconn for bursts of thousands of new streams).
+    backlog: int = Field(default=2048, ge=16)
+    # Idle client keep-alive; keep it longer than a load balancer's upstream keepalive_timeout (nginx: 4 s).
+    keepalive_timeout: float = Field(default=5.0, gt=0)
+
+
+class StorageConfig(_Strict):
+    # Connections per process to PostgreSQL: pool_size kept open, up to max_overflow more under load.
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
 
 
 class RetryConfig(_Strict):
@@ -173,6 +183,7 @@ class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     routing: RoutingConfig = RoutingConfig()
+    storage: StorageConfig = StorageConfig()
     metering: MeteringConfig = MeteringConfig()
     limits: LimitsConfig = LimitsConfig()
     # Data loss prevention defaults (groups may override a direction); absent = no scanning.

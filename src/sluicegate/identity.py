@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import AuthenticationFailed, StoreUnavailable
 from .keys import PREFIX_LEN, looks_like_key
-from .storage.identity import IdentityStore
+from .storage.identity import IdentityStore, KeyRow
 from .types import Principal
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class KeyAuthenticator:
         self._ttl = ttl
         self._cache: dict[bytes, _Entry] = {}
         self._last_used: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Task[KeyRow | None]] = {}
 
     async def authenticate(self, credential: str) -> Principal:
         if self._master.is_master(credential):
@@ -86,7 +87,7 @@ class KeyAuthenticator:
             self._last_used[entry.principal.key_id] = now
             return entry.principal
         try:
-            row = await self._store.key_by_prefix(credential[:PREFIX_LEN])
+            row = await self._lookup(credential[:PREFIX_LEN])
         except (SQLAlchemyError, OSError) as exc:
             log.error("key lookup failed: the store is unreachable (%s)", type(exc).__name__)
             raise StoreUnavailable("The gateway cannot verify API keys right now; try again shortly.") from exc
@@ -109,6 +110,16 @@ class KeyAuthenticator:
         self._cache[digest] = _Entry(principal, row.expires_at, now + self._ttl)
         self._last_used[row.id] = now
         return principal
+
+    async def _lookup(self, prefix: str) -> KeyRow | None:
+        """One store query per prefix at a time: a burst on a cold or just-expired key shares it."""
+        task = self._inflight.get(prefix)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._store.key_by_prefix(prefix))
+            self._inflight[prefix] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(prefix, None))
+        # Shielded: one caller leaving must not cancel the lookup the others wait on.
+        return await asyncio.shield(task)
 
     # invalidation (called by the bus, locally and from other processes)
 

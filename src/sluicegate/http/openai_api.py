@@ -53,17 +53,32 @@ async def chat_completions(gw: Gateway, request: Request) -> None:
     chat: ChatRequest | None = None
     try:
         principal = await authenticate(gw, request)
-        body = await request.body(gw.config.server.max_body_bytes)
-        chat = parse_chat_request(body)
-        ctx = RequestContext(request_id, principal, chat)
-        gw.service.resolve(ctx)
+        # Shed before the body is read: an overload must not cost the gateway a 50 MiB read per refusal.
         gw.shedder.admit(principal.key_id)
-    except ClientGone:
-        return
     except GatewayError as exc:
         if gw.observability is not None:  # refused before any policy: no record from the service
             gw.observability.refused_at_edge(request_id, principal, chat, exc, arrived)
         await send_error(request.send, exc, ids)
+        return
+    try:
+        await _admitted(gw, request, principal, request_id, arrived)
+    finally:
+        gw.shedder.release(principal.key_id)
+
+
+async def _admitted(gw: Gateway, request: Request, principal: Principal, request_id: str, arrived: float) -> None:
+    chat: ChatRequest | None = None
+    try:
+        body = await request.body(gw.config.server.max_body_bytes)
+        chat = parse_chat_request(body)
+        ctx = RequestContext(request_id, principal, chat)
+        gw.service.resolve(ctx)
+    except ClientGone:
+        return
+    except GatewayError as exc:
+        if gw.observability is not None:
+            gw.observability.refused_at_edge(request_id, principal, chat, exc, arrived)
+        await send_error(request.send, exc, {"x-request-id": request_id})
         return
 
     task = asyncio.current_task()
@@ -80,7 +95,6 @@ async def chat_completions(gw: Gateway, request: Request) -> None:
             raise
     finally:
         watcher.cancel()
-        gw.shedder.release(principal.key_id)
 
 
 async def _complete(gw: Gateway, request: Request, ctx: RequestContext) -> None:

@@ -30,7 +30,9 @@ def engine_url(database_url: str) -> str:
     raise StoreConfigError("SLUICEGATE_DATABASE_URL must start with sqlite:/// or postgresql://")
 
 
-def create_engine(database_url: str, *, schema: str | None = None, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, schema: str | None = None, pool_size: int = 10, max_overflow: int = 10
+) -> AsyncEngine:
     url = make_url(engine_url(database_url))
     if url.get_backend_name() == "sqlite":
         path = url.database or ""
@@ -45,7 +47,7 @@ def create_engine(database_url: str, *, schema: str | None = None, pool_size: in
     if schema:
         url = url.difference_update_query(["search_path"])
         connect_args["server_settings"] = {"search_path": str(schema)}
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -7,11 +7,13 @@ a released step; add a new one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, inspect, select
+from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, func, inspect, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import schema
@@ -79,10 +81,29 @@ MIGRATIONS: list[tuple[str, str, Step]] = [
 ]
 
 
+# Any constant: the advisory lock that serialises migrations of one PostgreSQL database.
+_PG_LOCK = 7_426_170_531
+
+
 async def migrate(engine: AsyncEngine) -> list[str]:
-    """Apply every pending step in order; return the versions applied now."""
-    async with engine.begin() as conn:
-        return await conn.run_sync(_migrate_sync)
+    """Apply every pending step in order; return the versions applied now.
+
+    Several processes (workers, replicas) start at once on a fresh database: on PostgreSQL a transaction
+    advisory lock makes them take turns; SQLite has no such lock, so a process that loses the race to
+    create a table retries once the winner has committed (its check then finds the step applied).
+    """
+    attempt = 0
+    while True:
+        try:
+            async with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(select(func.pg_advisory_xact_lock(_PG_LOCK)))
+                return await conn.run_sync(_migrate_sync)
+        except (OperationalError, IntegrityError, ProgrammingError):
+            attempt += 1
+            if attempt >= 10:
+                raise
+            await asyncio.sleep(0.05 * attempt)
 
 
 def _migrate_sync(conn: Connection) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -156,3 +158,33 @@ async def test_last_used_is_recorded_in_batches(store: IdentityStore) -> None:
     await store.touch_keys(auth.take_last_used())
     assert (await admin.show_key("k"))["last_used_at"] is not None
     assert auth.take_last_used() == {}
+
+
+async def test_a_burst_on_a_cold_key_costs_one_store_query(store: IdentityStore) -> None:
+    admin, auth = make(store)
+    await admin.create_group("eng", ["*"])
+    secret = (await admin.create_key("k", "eng"))["key"]
+    calls = 0
+    lookup = store.key_by_prefix
+
+    async def counted(prefix: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return await lookup(prefix)
+
+    store.key_by_prefix = counted  # type: ignore[method-assign]
+    principals = await asyncio.gather(*(auth.authenticate(secret) for _ in range(200)))
+    assert {p.name for p in principals} == {"k"} and calls == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_concurrent_first_starts_migrate_once(kind: str, tmp_path: Path) -> None:
+    with database_url(kind, tmp_path) as url:
+        engines = [create_engine(url) for _ in range(4)]
+        try:
+            results = await asyncio.gather(*(migrate(e) for e in engines))
+            applied = [v for r in results for v in r]
+            assert sorted(applied) == sorted(v for v, _, _ in MIGRATIONS)  # each step exactly once
+        finally:
+            for e in engines:
+                await e.dispose()

@@ -1,0 +1,597 @@
+#!/usr/bin/env python3
+"""What the features cost: gateway variants side by side in one run, on the same scenarios.
+
+    .venv/bin/python benchmarks/bench_features.py            # 5 rounds x 3 s per measurement (about 7 min)
+    .venv/bin/python benchmarks/bench_features.py --quick    # 2 rounds x 2 s (about 3 min)
+
+Variants (each its own gateway process, config and data dir; one worker, pinned to CPU 1):
+
+  master             the master key, ``metering: {enabled: false}``, no limits
+  apikey             an API key (admin API: group + key), metering off, no limits
+  accounting-sqlite  an API key whose key and group have rpm/tpm/budget limits too large to refuse,
+                     metering and the request audit log on (the defaults), SQLite store
+  accounting-pg      the same on PostgreSQL (a fresh schema in ``--pg-url``, dropped afterwards)
+  dlp                like ``apikey`` plus ``dlp: {request: {action: block}, response: {action: redact}}``
+
+Every variant routes ``mock-gpt`` to the shared kit's mock upstream (``/work/shared/bench/mock_upstream.py``,
+CPU 0) with a price, so budgets have something to reserve. Scenarios (load generators on CPU 0):
+
+  ns_c64   wrk, non-streaming, 64 connections  -> RPS, gateway CPU ms per request (/proc utime+stime)
+  ns_c1    wrk, non-streaming, 1 connection    -> latency p50
+  st0_c16  kit stream client, 50 chunks back to back, 16 in flight -> gateway CPU us per content chunk
+  st0_c1   same, 1 in flight                   -> time to first content chunk (TTFC) p50
+  st5_c1   10 chunks 5 ms apart, 1 in flight   -> TTFC p50 when the first read holds only the first chunk
+
+Each round runs every scenario on every variant, scenario by scenario, with the variant order rotated each
+round; tables show the median over rounds and the per-round spread (min-max). Ratios are to ``apikey`` (the
+same auth path with the feature off) from this run. Also measured in-process: the DLP request scan of a
+100 KB prompt (``scan_messages`` with every default detector, the path ``action: block`` runs).
+
+Results: printed, and written to ``benchmarks/results/features-<stamp>/`` (summary.md, raw.jsonl).
+Run it with the project venv (the DLP scan imports sluicegate); the mock and the stream client run with
+``--kit-python`` (default /tmp/bench-venv/bin/python, which has aiohttp + uvloop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+KIT = Path(os.environ.get("BENCH_KIT", "/work/shared/bench"))
+MASTER_KEY = "sk-bench-master"
+MODEL = "mock-gpt"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VARIANTS = ["master", "apikey", "accounting-sqlite", "accounting-pg", "dlp"]
+BASELINE = "apikey"
+SCENARIOS = ["ns_c64", "ns_c1", "st0_c16", "st0_c1", "st5_c1"]
+MOCK_BACK_TO_BACK = {"chunks": 50, "first_delay_ms": 0, "chunk_delay_ms": 0}
+MOCK_PACED = {"chunks": 10, "first_delay_ms": 0, "chunk_delay_ms": 5}
+# Large enough never to refuse (the load here is < 1M tokens a minute): rpm 10M, tpm 2G, 1e9 credits.
+# tpm stays below 2**31: the rpm/tpm columns are INTEGER, and on PostgreSQL a larger value makes
+# PUT .../limits fail with 500 (asyncpg: "value out of int32 range"); SQLite stores it.
+LIMITS = {"rpm": 10_000_000, "tpm": 2_000_000_000, "budget": 1_000_000_000, "budget_period": "total"}
+
+CONFIG = """\
+# written by benchmarks/bench_features.py (variant {name})
+models:
+  - id: mock-gpt
+    price: {{input: 1.0, output: 2.0}}
+    deployments:
+      - provider: openai
+        model: mock-gpt
+        api_base: http://127.0.0.1:{mock}/v1
+        api_key: sk-mock-upstream
+        timeouts: {{connect: 30, headers: 120, first_token: 120, idle: 120, total: 900}}
+{extra}"""
+EXTRA = {
+    "master": "metering: {enabled: false}\n",
+    "apikey": "metering: {enabled: false}\n",
+    "accounting-sqlite": "",
+    "accounting-pg": "",
+    "dlp": "metering: {enabled: false}\ndlp: {request: {action: block}, response: {action: redact}}\n",
+}
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def pinned(cpus: str, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http(method: str, url: str, body: Any = None, key: str | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if http("GET", url, timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process this script started (it leads its own session)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process tree."""
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def run_wait(pid: int) -> float:
+    """Seconds the gateway's main (event-loop) thread spent runnable but waiting for a CPU: scheduler noise."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Gateway:
+    def __init__(self, name: str, port: int, work: Path) -> None:
+        self.name = name
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.work = work
+        self.key = MASTER_KEY
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, a: argparse.Namespace, mock_port: int, pg_url: str | None) -> None:
+        config = self.work / f"{self.name}.yaml"
+        config.write_text(CONFIG.format(name=self.name, mock=mock_port, extra=EXTRA[self.name]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        env.update(SLUICEGATE_MASTER_KEY=MASTER_KEY, SLUICEGATE_DATA_DIR=str(self.work / f"data-{self.name}"))
+        if pg_url:
+            env["SLUICEGATE_DATABASE_URL"] = pg_url
+        self.env = env
+        cmd = [a.gateway_bin, "serve", "--config", str(config), "--port", str(self.port), "--workers", "1"]
+        cmd += ["--log-level", "warning"]
+        with (self.work / f"{self.name}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                pinned(a.gateway_cpus, cmd), stdout=log, stderr=log, env=env, start_new_session=True
+            )
+        wait_http(self.base + "/healthz", self.proc)
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        status, out = http(method, f"{self.base}/admin/v1/{path}", body, MASTER_KEY)
+        if status >= 300:
+            raise RuntimeError(f"{self.name}: {method} /admin/v1/{path} -> {status} {out}")
+        return out
+
+    def provision(self) -> None:
+        """Create the group and key through the admin API (and limits for the accounting variants)."""
+        if self.name == "master":
+            return
+        self.admin("POST", "groups", {"name": "bench", "models": [MODEL]})
+        self.key = self.admin("POST", "keys", {"name": "bench-key", "group": "bench"})["key"]
+        if self.name.startswith("accounting"):
+            self.admin("PUT", "keys/bench-key/limits", LIMITS)
+            self.admin("PUT", "groups/bench/limits", LIMITS)
+
+    def chat(self, content: str, stream: bool = False) -> tuple[int, Any]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 64}
+        if stream:
+            body["stream"] = True
+        return http("POST", f"{self.base}/v1/chat/completions", body, self.key)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def wrk(a: argparse.Namespace, gw: Gateway, connections: int, duration: float) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_MODEL": MODEL, "BENCH_API_KEY": gw.key}
+    seconds = max(1, round(duration))  # wrk takes whole seconds
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(KIT / "post.lua")]
+    cmd.append(f"{gw.base}/v1/chat/completions")
+    out = subprocess.run(pinned(a.harness_cpus, cmd), env=env, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    result["errors"] = sum(v for k, v in result.items() if k.startswith("err_"))
+    result["ok"] = result["requests"] - result["err_status"]
+    return result
+
+
+def streams(a: argparse.Namespace, gw: Gateway, concurrency: int, duration: float, chunks: int) -> dict[str, Any]:
+    cmd = [a.kit_python, str(KIT / "stream_client.py"), "--url", f"{gw.base}/v1/chat/completions"]
+    cmd += ["--model", MODEL, "--api-key", gw.key, "--stream", "--include-usage", "--expect-chunks", str(chunks)]
+    cmd += ["--concurrency", str(concurrency), "--requests", "1000000", "--max-seconds", f"{duration:g}"]
+    out = subprocess.run(pinned(a.harness_cpus, cmd), capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["errors"] = sum(result["errors"].values())
+    return result
+
+
+def set_mock(mock_port: int, cfg: dict[str, Any]) -> None:
+    status, _ = http("POST", f"http://127.0.0.1:{mock_port}/mock/config", cfg)
+    if status != 200:
+        raise RuntimeError(f"mock config -> {status}")
+
+
+def measure(a: argparse.Namespace, gw: Gateway, scenario: str, duration: float) -> dict[str, Any]:
+    cpu0, wait0, t0 = cpu_seconds(gw.pid), run_wait(gw.pid), time.perf_counter()
+    if scenario == "ns_c64":
+        r = wrk(a, gw, 64, duration)
+    elif scenario == "ns_c1":
+        r = wrk(a, gw, 1, duration)
+    elif scenario == "st0_c16":
+        r = streams(a, gw, 16, duration, 50)
+    elif scenario == "st0_c1":
+        r = streams(a, gw, 1, duration, 50)
+    else:
+        r = streams(a, gw, 1, duration, MOCK_PACED["chunks"])
+    wall = time.perf_counter() - t0
+    cpu, wait = cpu_seconds(gw.pid) - cpu0, run_wait(gw.pid) - wait0
+    rec: dict[str, Any] = {"variant": gw.name, "scenario": scenario, "cpu_s": cpu, "wait_s": wait, "wall_s": wall}
+    rec["busy"] = cpu / wall
+    if scenario.startswith("ns"):
+        rec.update(rps=r["rps"], lat_p50_ms=r["lat_p50_ms"], errors=r["errors"], n=r["requests"])
+        rec["cpu_ms_per_req"] = cpu / r["requests"] * 1e3 if r["requests"] else None
+    else:
+        rec.update(rps=r["rps"], chunks=r["chunks"], chunks_per_s=r["chunks_per_s"], ttfc_p50_ms=r["ttfc_ms_p50"])
+        rec.update(errors=r["errors"], n=r["requests"])
+        rec["cpu_us_per_chunk"] = cpu / r["chunks"] * 1e6 if r["chunks"] else None
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------- DLP scan
+
+
+def dlp_scan_100kb(repeat: int) -> dict[str, Any]:
+    """In-process: the request-side block check (scan_messages, all default detectors) of a 100 KB prompt."""
+    sys.path.insert(0, str(HERE))
+    from bench_dlp import SECRETS, prompt  # the same 100 KB prompt as bench_dlp.py (four secrets in it)
+
+    from sluicegate.policies.dlp import scan_messages
+    from sluicegate.policies.dlp.config import DlpConfig
+
+    engine = DlpConfig.model_validate({"request": {"action": "block"}}).engine("request")
+    assert engine is not None
+    text = prompt()
+    messages = [{"role": "user", "content": text}]
+    clean_text = text
+    for s in SECRETS:
+        clean_text = clean_text.replace(s, " " * len(s))
+    clean = [{"role": "user", "content": clean_text}]
+
+    def timed(fn: Callable[[], object]) -> list[float]:
+        fn()  # warm
+        out = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    with_secrets = timed(lambda: scan_messages(messages, engine))
+    return {
+        "chars": len(text),
+        "detectors": len(engine.types),
+        "findings": len(scan_messages(messages, engine)),
+        "ms_median": statistics.median(with_secrets),
+        "ms_min": min(with_secrets),
+        "ms_max": max(with_secrets),
+        "clean_ms_median": statistics.median(timed(lambda: scan_messages(clean, engine))),
+        "repeat": repeat,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+FIGURES = [
+    # key, scenario, field, label, better
+    ("rps", "ns_c64", "rps", "RPS, non-streaming c=64", "higher"),
+    ("cpu_req", "ns_c64", "cpu_ms_per_req", "CPU ms / request, c=64", "lower"),
+    ("lat", "ns_c1", "lat_p50_ms", "latency p50 ms, c=1", "lower"),
+    ("cpu_chunk", "st0_c16", "cpu_us_per_chunk", "CPU µs / chunk, 50 back to back, c=16", "lower"),
+    ("chunks_s", "st0_c16", "chunks_per_s", "chunks/s, c=16", "higher"),
+    ("ttfc", "st0_c1", "ttfc_p50_ms", "TTFC p50 ms, 50 back to back, c=1", "lower"),
+    ("ttfc_paced", "st5_c1", "ttfc_p50_ms", "TTFC p50 ms, 10 chunks 5 ms apart, c=1", "lower"),
+]
+
+
+def values(raw: list[dict[str, Any]], variant: str, scenario: str, field: str) -> list[float]:
+    return [r[field] for r in raw if r["variant"] == variant and r["scenario"] == scenario and r[field] is not None]
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def report(raw: list[dict[str, Any]], variants: list[str], scan: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+    med: dict[tuple[str, str], float | None] = {}
+    lines = [f"Run `{meta['stamp']}`: {meta['rounds']} rounds x {meta['duration']:g} s per measurement; "]
+    lines[0] += "median over rounds, per-round spread (min-max) in brackets. Ratios: variant ÷ `apikey`."
+    lines += ["", "| figure | " + " | ".join(f"`{v}`" for v in variants) + " |"]
+    lines.append("|---|" + "---:|" * len(variants))
+    for key, scen, field, label, _ in FIGURES:
+        cells = []
+        for v in variants:
+            xs = values(raw, v, scen, field)
+            m = statistics.median(xs) if xs else None
+            med[(v, key)] = m
+            spread = f" ({fmt(min(xs))}-{fmt(max(xs))})" if len(xs) > 1 else ""
+            cells.append(fmt(m) + spread)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    base = BASELINE if BASELINE in variants else variants[0]
+    for key, _, _, label, _ in FIGURES:
+        cells = []
+        for v in variants:
+            a, b = med.get((v, key)), med.get((base, key))
+            cells.append(f"{a / b:.2f}x" if a is not None and b else "—")
+        lines.append(f"| {label} ÷ `{base}` | " + " | ".join(cells) + " |")
+    errs = [sum(r["errors"] for r in raw if r["variant"] == v) for v in variants]
+    lines.append("| errors (all scenarios, all rounds) | " + " | ".join(str(e) for e in errs) + " |")
+    waits = []
+    for v in variants:
+        cpu = sum(r["cpu_s"] for r in raw if r["variant"] == v)
+        wait = sum(r["wait_s"] for r in raw if r["variant"] == v)
+        waits.append(f"{wait:.1f} s / {cpu:.1f} s")  # main thread wait / process-tree CPU
+    lines.append("| gateway run-queue wait / CPU over the run | " + " | ".join(waits) + " |")
+
+    # targets
+    def ratio(v: str, key: str) -> float | None:
+        a, b = med.get((v, key)), med.get((base, key))
+        return a / b if a is not None and b else None
+
+    def diff(v: str, key: str) -> float | None:
+        a, b = med.get((v, key)), med.get((base, key))
+        return a - b if a is not None and b is not None else None
+
+    def verdict(ok: bool | None) -> str:
+        return "—" if ok is None else ("✅ pass" if ok else "❌ miss")
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(issue: str, what: str, value: float | None, unit: str, target: str, ok: Callable[[float], bool]) -> None:
+        shown = "—" if value is None else (f"{value:.2f}x" if unit == "x" else f"{value:+.3f} {unit}")
+        if unit == "%":
+            shown = "—" if value is None else f"{value * 100:.1f} %"
+        rows.append((issue, what, shown, f"{target} {verdict(None if value is None else ok(value))}"))
+
+    if "master" in variants and "apikey" in variants:
+        r = med.get(("apikey", "rps")), med.get(("master", "rps"))
+        v = r[0] / r[1] if r[0] and r[1] else None
+        add("3", "`apikey` RPS c=64 ÷ `master`", v, "%", "≥ 95 %", lambda x: x >= 0.95)
+    for v in ("accounting-sqlite", "accounting-pg"):
+        if v in variants:
+            add("4", f"`{v}` RPS c=64 ÷ `apikey`", ratio(v, "rps"), "%", "≥ 80 %", lambda x: x >= 0.80)
+    if "dlp" in variants:
+        add("7", "`dlp` CPU µs/chunk ÷ `apikey` (c=16)", ratio("dlp", "cpu_chunk"), "x", "≤ 2x", lambda x: x <= 2)
+        add("7", "`dlp` - `apikey` TTFC p50, back to back", diff("dlp", "ttfc"), "ms", "≤ +1 ms", lambda x: x <= 1)
+        add("7", "`dlp` - `apikey` TTFC p50, paced", diff("dlp", "ttfc_paced"), "ms", "≤ +1 ms", lambda x: x <= 1)
+    if scan is not None:
+        rows.append(
+            (
+                "7",
+                f"request scan, {scan['chars'] // 1000} KB prompt, {scan['detectors']} detectors, in-process",
+                f"{scan['ms_median']:.2f} ms (min {scan['ms_min']:.2f}, max {scan['ms_max']:.2f}; "
+                f"clean prompt {scan['clean_ms_median']:.2f})",
+                f"< 5 ms {verdict(scan['ms_median'] < 5)}",
+            )
+        )
+    lines += ["", "| issue | figure | this run | target |", "|---|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+
+    per_round = []
+    for v in variants:
+        if v == base:
+            continue
+        rs = {r["round"]: r["rps"] for r in raw if r["variant"] == v and r["scenario"] == "ns_c64"}
+        bs = {r["round"]: r["rps"] for r in raw if r["variant"] == base and r["scenario"] == "ns_c64"}
+        per = [f"{rs[k] / bs[k] * 100:.0f}" for k in sorted(rs) if bs.get(k)]
+        per_round.append(f"`{v}` {', '.join(per)}")
+    lines += ["", f"Per-round RPS c=64 ÷ `{base}` (same round, %): " + "; ".join(per_round) + "."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 rounds x 2 s (smoke run)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--gateway-bin", default=str(REPO / ".venv/bin/sluicegate"))
+    parser.add_argument("--kit-python", default=None, help="Python with aiohttp (+uvloop) for mock and client")
+    parser.add_argument("--mock-port", type=int, default=18000)
+    parser.add_argument("--gateway-cpus", default="1")
+    parser.add_argument("--harness-cpus", default="0")
+    parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432/test")
+    parser.add_argument("--scan-repeat", type=int, default=30)
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/features-<stamp>)")
+    a = parser.parse_args()
+    if a.quick:
+        a.rounds, a.duration = 2, 2.0
+    a.kit_python = a.kit_python or (
+        "/tmp/bench-venv/bin/python" if Path("/tmp/bench-venv/bin/python").exists() else sys.executable
+    )
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variants: {', '.join(sorted(unknown))}")
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install -y wrk)")
+    if a.harness_cpus:  # this script is part of the harness too
+        os.sched_setaffinity(0, {int(c) for c in a.harness_cpus.split(",")})
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(a.out) if a.out else HERE / "results" / f"features-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    if port_in_use(a.mock_port):
+        old = a.mock_port
+        a.mock_port = free_port()
+        print(f"port {old} is busy (another session's mock?); using {a.mock_port} for the mock", flush=True)
+
+    schema = f"sg_bench_features_{stamp.replace('-', '_')}_{random.randrange(1 << 16):04x}"
+    pg_made = False
+    procs: list[subprocess.Popen[bytes]] = []
+    gateways: dict[str, Gateway] = {}
+    raw: list[dict[str, Any]] = []
+    started = time.time()
+    load_start = os.getloadavg()
+    try:
+        mock_cmd = [a.kit_python, str(KIT / "mock_upstream.py"), "--port", str(a.mock_port)]
+        with (work / "mock.log").open("ab") as log:
+            mock = subprocess.Popen(pinned(a.harness_cpus, mock_cmd), stdout=log, stderr=log, start_new_session=True)
+        procs.append(mock)
+        wait_http(f"http://127.0.0.1:{a.mock_port}/health", mock)
+        for name in variants:
+            pg_url = None
+            if name == "accounting-pg":
+                subprocess.run(
+                    ["psql", a.pg_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE SCHEMA {schema}"], check=True
+                )
+                pg_made = True
+                pg_url = f"{a.pg_url}?search_path={schema}"
+            gw = Gateway(name, free_port(), work)
+            gw.start(a, a.mock_port, pg_url)
+            assert gw.proc is not None
+            procs.append(gw.proc)
+            gw.provision()
+            gateways[name] = gw
+        # sanity: every variant answers; DLP blocks a secret; the others do not
+        secret = "my card is 4111 1111 1111 1111"
+        for gw in gateways.values():
+            status, body = gw.chat("hello")
+            if status != 200:
+                raise RuntimeError(f"{gw.name}: chat -> {status} {body}")
+            status, body = gw.chat(secret)
+            expect = 403 if gw.name == "dlp" else 200
+            if status != expect:
+                raise RuntimeError(f"{gw.name}: chat with a card number -> {status} (expected {expect}) {body}")
+        print(f"variants up: {', '.join(f'{g.name}=:{g.port}' for g in gateways.values())}", flush=True)
+
+        set_mock(a.mock_port, MOCK_BACK_TO_BACK)
+        for gw in gateways.values():  # warm-up: pools, caches, first-request paths
+            wrk(a, gw, 64, 1.0)
+            streams(a, gw, 16, 1.0, 50)
+
+        for rnd in range(a.rounds):
+            order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
+            for scenario in SCENARIOS:
+                set_mock(a.mock_port, MOCK_PACED if scenario == "st5_c1" else MOCK_BACK_TO_BACK)
+                for name in order:
+                    rec = measure(a, gateways[name], scenario, a.duration)
+                    rec["round"] = rnd + 1
+                    raw.append(rec)
+                    shown = {k: rec.get(k) for k in ("rps", "cpu_ms_per_req", "lat_p50_ms", "cpu_us_per_chunk")}
+                    shown.update(ttfc=rec.get("ttfc_p50_ms"), busy=rec["busy"], wait=rec["wait_s"], err=rec["errors"])
+                    shown_s = " ".join(f"{k}={fmt(v)}" for k, v in shown.items() if v is not None)
+                    print(f"round {rnd + 1} {scenario:8} {name:18} {shown_s}", flush=True)
+
+        # metering really ran on the accounting variants (usage rows exist)
+        usage: dict[str, Any] = {}
+        for name in ("accounting-sqlite", "accounting-pg"):
+            if name in gateways:
+                usage[name] = gateways[name].admin("GET", "usage?by=key")
+        (out / "usage.json").write_text(json.dumps(usage, indent=1))
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if pg_made:
+            subprocess.run(["psql", a.pg_url, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], check=False)
+
+    scan = dlp_scan_100kb(a.scan_repeat) if "dlp" in variants else None
+    meta = {
+        "stamp": stamp,
+        "rounds": a.rounds,
+        "duration": a.duration,
+        "variants": variants,
+        "elapsed_s": round(time.time() - started, 1),
+        "python": platform.python_version(),
+        "argv": sys.argv,
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "scan": scan,
+    }
+    with (out / "raw.jsonl").open("w") as f:
+        for rec in raw:
+            f.write(json.dumps(rec) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    text = report(raw, variants, scan, meta)
+    (out / "summary.md").write_text(text)
+    shutil.rmtree(work / "data-accounting-sqlite", ignore_errors=True)
+    print()
+    print(text)
+    print(f"written to {out} in {meta['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from .storage.identity import Conflict as StoreConflict
 from .storage.identity import GroupRow, IdentityStore, KeyRow
 from .types import NO_LIMITS, Limits
 
+_MAX_RATE = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
 _PATTERN = re.compile(r"[A-Za-z0-9*?.\-_:/\[\]!@]{1,200}")
 
@@ -113,8 +114,10 @@ def parse_limits(body: dict[str, Any], current: Limits) -> Limits:
     for name in ("rpm", "tpm"):
         if name in body:
             value = body[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidRequest(f"'{name}' must be a positive integer or null", param=name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_RATE
+            ):
+                raise InvalidRequest(f"'{name}' must be an integer from 1 to {_MAX_RATE}, or null", param=name)
             rpm, tpm = (value, tpm) if name == "rpm" else (rpm, value)
     if "budget" in body or "budget_micro" in body:
         raw = body.get("budget_micro", body.get("budget"))

@@ -44,7 +44,7 @@ from .resilience import CircuitBreaker
 from .routing import Router
 from .service import ChatService, OpenStream
 from .settings import Settings
-from .storage.db import create_engine
+from .storage.db import create_engine, create_sqlite_writer
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate
 
@@ -98,7 +98,7 @@ class Gateway:
             self.bus = RedisBus(self.redis, self.authenticator)
         else:
             self.bus = LocalBus(self.authenticator)
-        self.usage = UsageStore(self.engine)
+        self.usage = UsageStore(self.engine, create_sqlite_writer(self.settings.database_url))
         self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
 
     async def _write_audit(self, entry: AuditEntry) -> None:
@@ -109,6 +109,7 @@ class Gateway:
         await self.bus.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        self.usage.close()
         if self.engine is not None:
             await self.engine.dispose()
 

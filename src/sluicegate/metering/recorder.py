@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluicegate.metering")
 
-_MAX_BATCH = 1000
-# (usage row, audit entry, resolved with the (start, end) epoch times of the commit that carried it)
-_Item = tuple[dict[str, Any] | None, AuditEntry | None, "asyncio.Future[tuple[float, float]]"]
 _RETRIES = 3
 
 
@@ -37,13 +34,20 @@ class UsageRecorder:
     def __init__(self, store: UsageStore, *, max_pending: int = 10_000, audit_requests: bool = True) -> None:
         self._store = store
         self._audit_requests = audit_requests
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_pending)
+        self._max_pending = max_pending
+        # Everything submitted since the last write began, and the one future all of it waits on.
+        self._pending: list[tuple[dict[str, Any] | None, AuditEntry | None]] = []
+        self._next: asyncio.Future[tuple[float, float]] | None = None
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.batches = 0
         self.failures = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._next = loop.create_future()
+        self._task = loop.create_task(self._run())
 
     async def record(self, rec: RequestRecord) -> None:
         entry = request_audit(rec) if self._audit_requests else None
@@ -53,27 +57,44 @@ class UsageRecorder:
         await self._submit(None, entry)
 
     async def _submit(self, row: dict[str, Any] | None, entry: AuditEntry | None) -> tuple[float, float]:
-        future: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((row, entry, future))
+        while len(self._pending) >= self._max_pending:
+            # Bounded: wait for the batch being filled to be written before adding more.
+            assert self._next is not None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._next)
+        self._pending.append((row, entry))
+        future = self._next
+        assert future is not None, "the recorder is not started"
+        self._wake.set()
         # Shielded: a client that disconnects must not cancel the bookkeeping of what it consumed.
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            await self._write(batch)
+        while not (self._closing and not self._pending):
+            await self._wake.wait()
+            await self._flush()
 
-    async def _write(self, batch: list[_Item]) -> None:
-        rows = [row for row, _, _ in batch if row is not None]
-        audits = [entry for _, entry, _ in batch if entry is not None]
-        error: BaseException | None = None
+    async def _flush(self) -> None:
+        self._wake.clear()
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        future, self._next = self._next, asyncio.get_running_loop().create_future()
+        assert future is not None
+        span = await self._write(batch)
+        if isinstance(span, BaseException):
+            future.set_exception(span)
+            future.exception()  # retrieved here too: no waiter may be left to see it
+        else:
+            future.set_result(span)
+
+    async def _write(
+        self, batch: list[tuple[dict[str, Any] | None, AuditEntry | None]]
+    ) -> tuple[float, float] | BaseException:
+        rows = [row for row, _ in batch if row is not None]
+        audits = [entry for _, entry in batch if entry is not None]
         started = time.time()
+        error: BaseException | None = None
         for attempt in range(_RETRIES):
             try:
                 await self._store.write(rows, audits)
@@ -86,25 +107,15 @@ class UsageRecorder:
         self.batches += 1
         if error is not None:
             self.failures += len(batch)
-        span = (started, time.time())
-        for _, _, future in batch:
-            if not future.done():
-                if error is None:
-                    future.set_result(span)
-                else:
-                    future.set_exception(error)
+            return error
+        return (started, time.time())
 
     async def close(self) -> None:
-        """Write whatever is queued, then stop (graceful shutdown)."""
-        pending = []
-        while not self._queue.empty():
-            pending.append(self._queue.get_nowait())
-        if pending:
-            await self._write(pending)
+        """Write whatever is queued, then stop (graceful shutdown); a write in progress is never cut."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
 
 
 def request_audit(rec: RequestRecord) -> AuditEntry:

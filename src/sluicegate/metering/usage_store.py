@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_column, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -68,16 +70,36 @@ def usage_row(rec: RequestRecord) -> dict[str, Any]:
 
 
 class UsageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sqlite_writer: Engine | None = None) -> None:
         self._engine = engine
+        # SQLite: batches go through a sync engine on one dedicated thread (see storage/db.py).
+        self._writer = sqlite_writer
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-usage") if sqlite_writer else None
 
     async def write(self, rows: Sequence[dict[str, Any]], audits: Sequence[AuditEntry]) -> None:
         """One transaction for a whole batch: the group commit."""
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sync, rows, audits)
+            return
         async with self._engine.begin() as conn:
             if rows:
                 await conn.execute(insert(usage), list(rows))
             if audits:
                 await conn.run_sync(audit.append, audits)
+
+    def _write_sync(self, rows: Sequence[dict[str, Any]], audits: Sequence[AuditEntry]) -> None:
+        assert self._writer is not None
+        with self._writer.begin() as conn:
+            if rows:
+                conn.execute(insert(usage), list(rows))
+            if audits:
+                audit.append(conn, audits)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.dispose()
 
     async def by_request_ids(self, request_ids: Sequence[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -188,3 +188,13 @@ async def test_concurrent_first_starts_migrate_once(kind: str, tmp_path: Path) -
         finally:
             for e in engines:
                 await e.dispose()
+
+
+async def test_limits_out_of_range_are_a_400_not_a_database_error(store: IdentityStore) -> None:
+    admin, _ = make(store)
+    await admin.create_group("eng", ["*"])
+    await admin.create_key("k", "eng")
+    with pytest.raises(InvalidRequest) as info:
+        await admin.set_key_limits("k", {"tpm": 2**31})
+    assert info.value.param == "tpm"
+    assert (await admin.set_key_limits("k", {"tpm": 2**31 - 1}))["limits"]["tpm"] == 2**31 - 1

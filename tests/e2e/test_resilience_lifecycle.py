@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -415,6 +416,20 @@ async def test_sigterm_drains_open_streams_then_ends_the_rest_cleanly(
         assert exited_at < term_at + DRAIN + 4, log[-2000:]
         assert exit_code == 0, f"exit code {exit_code}\n{log[-2000:]}"
         assert up.errors == []
+        # Every stream was metered before the process exited: the finished ones whole, the ended ones partial.
+        db = sqlite3.connect(gw.workdir / "data" / "sluicegate.db")
+        try:
+            rows = db.execute(
+                "SELECT outcome, partial, error_code, completion_tokens FROM usage WHERE requested_model = 'drain'"
+            ).fetchall()
+        finally:
+            db.close()
+        assert len(rows) == STREAMS
+        completed = [r for r in rows if r[0] == "completed"]
+        interrupted = [r for r in rows if r[0] == "interrupted"]
+        assert len(completed) == len(interrupted) == STREAMS // 2
+        assert all(not partial and code is None for _, partial, code, _ in completed)
+        assert all(partial and code == "stream_error" and tokens > 0 for _, partial, code, tokens in interrupted)
 
 
 async def test_sigterm_also_ends_a_stream_that_opens_after_the_drain_deadline(

@@ -61,10 +61,17 @@ class Deployment(_Strict):
     timeouts: Timeouts = Timeouts()
     # End the stream with stream_error on a malformed upstream event instead of dropping the event.
     strict: bool = False
+    # Whether this upstream continues a trailing assistant message (prefill). Default: Anthropic yes, others
+    # no (an OpenAI-compatible server may start a new answer instead, which would read as a duplicate).
+    prefill: bool | None = None
     # Anthropic requires max_tokens; used when the client sends none.
     default_max_tokens: int = Field(default=4096, gt=0)
     # Demo provider pacing, milliseconds between tokens.
     token_delay_ms: float = Field(default=20.0, ge=0)
+
+    @property
+    def accepts_prefill(self) -> bool:
+        return self.prefill if self.prefill is not None else self.provider == "anthropic"
 
     @property
     def label(self) -> str:
@@ -85,6 +92,9 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = []
     # A larger-context model to use when the upstream says the prompt is too long.
     context_window_fallback: str | None = None
+    # After the first byte, continue a failed stream on another deployment (or fallback) that accepts an
+    # assistant prefill, instead of ending it with stream_error. Off by default.
+    continue_on_failure: bool = False
     price: Price = Price()
     owned_by: str = "sluicegate"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import secrets
 import time
@@ -325,6 +326,75 @@ class ChatService:
         ctx.first_token_at = time.perf_counter()
         return stream
 
+    async def resume(self, stream: OpenStream) -> AsyncIterator[list[ChatChunk]] | None:
+        """Continue a stream that failed after its first byte on another deployment that accepts an assistant
+        prefill: it receives the conversation plus the text already sent, and its continuation is appended to
+        the same stream, so the client gets one complete answer. Off unless the model enables it; only plain
+        text answers (no tool calls, one choice) are continued. A candidate that refuses the prefill (or fails
+        before its first chunk) is skipped; if none continues, the caller reports the original failure.
+        """
+        ctx = stream.ctx
+        model = ctx.model
+        text = "".join(stream.encoder.completion_parts)
+        if model is None or not model.continue_on_failure or ctx.request.n != 1 or not text:
+            return None
+        if stream.encoder.has_tool_calls:
+            return None
+        messages = [*ctx.request.messages, {"role": "assistant", "content": text}]
+        prefill = dataclasses.replace(
+            ctx.request, messages=messages, body={**ctx.request.body, "messages": messages}, include_usage=False
+        )
+        for target in self._router.targets(model):
+            if target.key == stream.target.key or not target.deployment.accepts_prefill:
+                continue
+            if not self.breaker.allow(target.key):
+                continue
+            ctx.attempts += 1
+            started, started_at = time.perf_counter(), time.time()
+            upstream = target.provider.stream(prefill, target.deployment, ctx.request_id, StreamStats())
+            try:
+                async with asyncio.timeout(target.deployment.timeouts.first_token):
+                    first = await anext(upstream)
+            except (UpstreamError, StreamInterrupted, TimeoutError, StopAsyncIteration) as exc:
+                await _close(upstream)
+                self.breaker.release_probe(target.key)
+                code = exc.code if isinstance(exc, UpstreamError) else "stream_error"
+                ctx.attempt_log.append(
+                    Attempt(
+                        target.model.id,
+                        target.deployment.label,
+                        False,
+                        code,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        started_at=started_at,
+                        ended_at=time.time(),
+                    )
+                )
+                continue
+            self.breaker.success(target.key)
+            ctx.attempt_log.append(
+                Attempt(
+                    target.model.id,
+                    target.deployment.label,
+                    True,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    started_at=started_at,
+                    ended_at=time.time(),
+                )
+            )
+            stream.resumed += 1
+            return _prepend(first, upstream)
+        return None
+
+
+async def _prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+    try:
+        yield first
+        async for batch in rest:
+            yield batch
+    finally:
+        await _close(rest)
+
 
 class OpenStream:
     """A stream whose first chunk has arrived: the status is decided, the rest is bytes for the client."""
@@ -348,6 +418,7 @@ class OpenStream:
         self.outcome = "pending"  # completed | interrupted | cancelled
         self._recorded = False
         self.abort_reason: str | None = None  # set by a graceful shutdown that ran out of time
+        self.resumed = 0  # times the answer was continued on another deployment after a mid-stream failure
         self._timer: asyncio.Timeout | None = None
 
     def _encode(self, batch: list[ChatChunk]) -> bytes:
@@ -382,31 +453,41 @@ class OpenStream:
         in_tail = encoder.complete
         failure: str | None = None
         try:
-            try:
-                async with asyncio.timeout(None) as timer:
-                    self._timer = timer
-                    while not (encoder.complete and encoder.usage is not None) and self.abort_reason is None:
-                        wait = tail_grace if in_tail else t.idle
-                        timer.reschedule(min(loop.time() + wait, deadline))
-                        try:
-                            batch = await anext(upstream)
-                        except StopAsyncIteration:
-                            break
-                        timer.reschedule(None)  # never time the client's reading
-                        data = self._encode(batch)
-                        in_tail = encoder.complete
-                        if data:
-                            yield data
-            except TimeoutError:
-                if self.abort_reason is not None:
-                    failure = self.abort_reason
-                elif not in_tail:
-                    failure = "upstream idle timeout" if loop.time() < deadline else "upstream total timeout"
-            except (StreamInterrupted, UpstreamError) as exc:
-                failure = _stream_message(exc)
-            finally:
-                self._timer = None
-                await _close(upstream)
+            while True:
+                try:
+                    async with asyncio.timeout(None) as timer:
+                        self._timer = timer
+                        while not (encoder.complete and encoder.usage is not None) and self.abort_reason is None:
+                            wait = tail_grace if in_tail else t.idle
+                            timer.reschedule(min(loop.time() + wait, deadline))
+                            try:
+                                batch = await anext(upstream)
+                            except StopAsyncIteration:
+                                break
+                            timer.reschedule(None)  # never time the client's reading
+                            data = self._encode(batch)
+                            in_tail = encoder.complete
+                            if data:
+                                yield data
+                except TimeoutError:
+                    if self.abort_reason is not None:
+                        failure = self.abort_reason
+                    elif not in_tail:
+                        failure = "upstream idle timeout" if loop.time() < deadline else "upstream total timeout"
+                except (StreamInterrupted, UpstreamError) as exc:
+                    failure = _stream_message(exc)
+                finally:
+                    self._timer = None
+                    await _close(upstream)
+                if failure is None and self.abort_reason is None and not encoder.complete:
+                    failure = "upstream stream ended without a finish_reason"
+                if failure is None or self.abort_reason is not None or loop.time() >= deadline:
+                    break
+                resumed = await self._service.resume(self)
+                if resumed is None:
+                    break  # the client gets the original failure, never a fallback's refusal of the prefill
+                upstream, failure, in_tail = resumed, None, False
+                self._upstream = upstream
             if failure is None and self.abort_reason is not None and not encoder.complete:
                 failure = self.abort_reason
             tail = self._flush_filters()
@@ -427,6 +508,10 @@ class OpenStream:
                 self.outcome = "cancelled"
                 await _shielded(self._finish(partial=True, error_code="client_disconnected"))
 
+    @property
+    def target(self) -> Target:
+        return self._target
+
     def _flush_filters(self) -> bytes:
         """Release text the filters still hold (a stream that ended without its finish chunk)."""
         out: list[ChatChunk] = []
@@ -441,7 +526,8 @@ class OpenStream:
         self._recorded = True
         encoder = self.encoder
         usage = encoder.usage
-        if usage is None or partial:
+        if usage is None or partial or self.resumed:
+            # A resumed answer came from two upstreams; neither usage report covers the whole of it.
             estimated = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
             if usage is None or usage.completion_tokens == 0:
                 usage = estimated

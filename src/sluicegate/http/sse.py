@@ -58,6 +58,10 @@ class StreamEncoder:
         return bool(self._choices)
 
     @property
+    def has_tool_calls(self) -> bool:
+        return any(c.tool_ids for c in self._choices.values())
+
+    @property
     def complete(self) -> bool:
         """Every choice that started has its finish chunk."""
         return bool(self._choices) and all(c.finished for c in self._choices.values())

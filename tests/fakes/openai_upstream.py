@@ -305,8 +305,9 @@ class _Connection(asyncio.Protocol):
         self.data_arrived.set()
         record = self.current
         if not self.closed_by_us and record is not None and record.finished_at is None:
-            record.client_closed_at = time.monotonic()
+            # Outcome first: tests poll for client_closed_at from another thread, then read the outcome.
             record.outcome = "client_closed"
+            record.client_closed_at = time.monotonic()
 
     # reading
 
@@ -478,8 +479,8 @@ class _Exchange:
 
     def finish(self, outcome: str) -> None:
         if self.record.finished_at is None:
+            self.record.outcome = outcome  # before finished_at, which other threads poll for
             self.record.finished_at = time.monotonic()
-            self.record.outcome = outcome
 
     async def send_head(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         lines = [f"HTTP/1.1 {status} {_reason(status)}", "server: fake-openai", f"x-fake-scenario: {self.scenario}"]

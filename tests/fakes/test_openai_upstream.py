@@ -82,7 +82,8 @@ def test_non_stream_normal(fake: FakeOpenAI, client: openai.OpenAI) -> None:
     )
     assert record.headers["authorization"] == "Bearer test-key"
     assert record.body["model"] == "up-model"
-    assert record.outcome == "complete"
+    # The fake marks the outcome just after its last write, which the client may see first.
+    fake.wait_for(lambda _: record.outcome == "complete", timeout=2)
     assert record.client_closed_at is None
 
 
@@ -228,7 +229,7 @@ async def test_reset_after_gives_connection_error(fake: FakeOpenAI) -> None:
                     received += data
     assert len(_sse_data(received.decode())) == 2
     [record] = fake.requests
-    assert record.outcome == "reset"
+    await fake.wait_for_async(lambda _: record.outcome == "reset", timeout=2)
     assert record.client_closed_at is None
 
 

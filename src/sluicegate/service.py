@@ -193,18 +193,7 @@ class ChatService:
                     result = await call(target)
                 except (UpstreamError, StreamInterrupted, TimeoutError) as exc:
                     err = _pre_stream_error(exc)
-                    ctx.attempt_log.append(
-                        Attempt(
-                            target.model.id,
-                            target.deployment.label,
-                            False,
-                            err.code,
-                            err.status,
-                            (time.perf_counter() - started) * 1000,
-                            started_at,
-                            time.time(),
-                        )
-                    )
+                    ctx.attempt_log.append(_attempt(target, started, started_at, err.code, err.status))
                     last_error = err
                     if err.retryable:
                         self.breaker.failure(target.key)
@@ -227,16 +216,7 @@ class ChatService:
                     self.breaker.release_probe(target.key)
                     raise
                 self.breaker.success(target.key)
-                ctx.attempt_log.append(
-                    Attempt(
-                        target.model.id,
-                        target.deployment.label,
-                        True,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        started_at=started_at,
-                        ended_at=time.time(),
-                    )
-                )
+                ctx.attempt_log.append(_attempt(target, started, started_at))
                 ctx.served_by = target
                 # Fallback models tried (a model switch each), whether or not they answered.
                 ctx.fallbacks = len({a.model for a in ctx.attempt_log} - {model.id})
@@ -359,29 +339,10 @@ class ChatService:
                 await _close(upstream)
                 self.breaker.release_probe(target.key)
                 code = exc.code if isinstance(exc, UpstreamError) else "stream_error"
-                ctx.attempt_log.append(
-                    Attempt(
-                        target.model.id,
-                        target.deployment.label,
-                        False,
-                        code,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        started_at=started_at,
-                        ended_at=time.time(),
-                    )
-                )
+                ctx.attempt_log.append(_attempt(target, started, started_at, code))
                 continue
             self.breaker.success(target.key)
-            ctx.attempt_log.append(
-                Attempt(
-                    target.model.id,
-                    target.deployment.label,
-                    True,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    started_at=started_at,
-                    ended_at=time.time(),
-                )
-            )
+            ctx.attempt_log.append(_attempt(target, started, started_at))
             stream.resumed += 1
             return _prepend(first, upstream)
         return None
@@ -544,6 +505,22 @@ async def _shielded(awaitable: Awaitable[None]) -> None:
     task = asyncio.ensure_future(awaitable)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(task)
+
+
+def _attempt(
+    target: Target, started: float, started_at: float, error_code: str | None = None, status: int | None = None
+) -> Attempt:
+    """The record of one finished attempt (``started``: perf_counter; ``started_at``: epoch)."""
+    return Attempt(
+        target.model.id,
+        target.deployment.label,
+        error_code is None,
+        error_code,
+        status,
+        (time.perf_counter() - started) * 1000,
+        started_at,
+        time.time(),
+    )
 
 
 def _pre_stream_error(exc: BaseException) -> UpstreamError:

@@ -457,6 +457,22 @@ def report(raw: list[dict[str, Any]], variants: list[str], scan: dict[str, Any] 
     return "\n".join(lines) + "\n"
 
 
+def profile(a: argparse.Namespace, gw: Gateway, raw: Path) -> str:
+    """py-spy (raw format, all threads) on the gateway while wrk runs c=64; self time by function."""
+    import profile_gateway  # the same grouping as the issue-2 profiles
+
+    pyspy = str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        pyspy = "/tmp/bench-venv/bin/py-spy"
+    cmd = [pyspy, "record", "--format", "raw", "--nonblocking", "--threads", "-r", "250"]
+    cmd += ["-d", str(max(1, round(a.profile))), "-o", str(raw), "--pid", str(gw.pid)]
+    spy = subprocess.Popen(pinned(a.harness_cpus, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    wrk(a, gw, 64, a.profile)
+    spy.wait(60)
+    return profile_gateway.analyse(raw, top=30) if raw.exists() else "py-spy wrote nothing"
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -474,6 +490,13 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432/test")
     parser.add_argument("--scan-repeat", type=int, default=30)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/features-<stamp>)")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the rounds, record each variant with py-spy during SECONDS of wrk c=64 and print self time",
+    )
     a = parser.parse_args()
     if a.quick:
         a.rounds, a.duration = 2, 2.0
@@ -555,6 +578,12 @@ def main() -> None:
                     shown.update(ttfc=rec.get("ttfc_p50_ms"), busy=rec["busy"], wait=rec["wait_s"], err=rec["errors"])
                     shown_s = " ".join(f"{k}={fmt(v)}" for k, v in shown.items() if v is not None)
                     print(f"round {rnd + 1} {scenario:8} {name:18} {shown_s}", flush=True)
+
+        if a.profile:
+            set_mock(a.mock_port, MOCK_BACK_TO_BACK)
+            for gw in gateways.values():
+                print(f"\n== profile {gw.name} (wrk c=64, {a.profile:g} s)", flush=True)
+                print(profile(a, gw, work / f"{gw.name}.raw.txt"), flush=True)
 
         # metering really ran on the accounting variants (usage rows exist)
         usage: dict[str, Any] = {}

@@ -44,7 +44,7 @@ from .resilience import CircuitBreaker
 from .routing import Router
 from .service import ChatService, OpenStream
 from .settings import Settings
-from .storage.db import create_engine, create_sqlite_writer
+from .storage.db import create_engine
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate
 
@@ -98,7 +98,7 @@ class Gateway:
             self.bus = RedisBus(self.redis, self.authenticator)
         else:
             self.bus = LocalBus(self.authenticator)
-        self.usage = UsageStore(self.engine, create_sqlite_writer(self.settings.database_url))
+        self.usage = UsageStore(self.engine)
         self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
 
     async def _write_audit(self, entry: AuditEntry) -> None:

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select, update
 
 from ..storage.migrations import GENESIS_HASH
-from ..storage.schema import audit_head, audit_log
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,39 +39,20 @@ def chain_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def append(conn: Connection, entries: Iterable[AuditEntry]) -> None:
-    """Extend the chain inside the caller's transaction (sync connection: run via ``run_sync``).
+def chain(seq: int, prev: str, entries: Iterable[AuditEntry]) -> tuple[list[tuple[Any, ...]], int, str]:
+    """Link ``entries`` after the head ``(seq, prev)``: their rows in ``AUDIT_COLUMNS`` order, and the new head.
 
-    The head row is updated first, which takes the write lock (SQLite) or the row lock (PostgreSQL),
-    so concurrent writers, on any replica, extend one chain in turn.
+    The caller holds the head's lock (SQLite's write lock, PostgreSQL's row lock) from reading it until it
+    writes the new head in the same transaction, so writers on every replica extend one chain in turn.
     """
-    items = list(entries)
-    if not items:
-        return
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
-    seq, prev = int(head.seq), str(head.hash)
-    rows = []
-    for e in items:
+    rows: list[tuple[Any, ...]] = []
+    for e in entries:
         seq += 1
         payload = canonical(e.payload)
         digest = chain_hash(prev, seq, e.created_at, e.kind, e.actor, e.action, e.target, payload)
-        rows.append(
-            {
-                "seq": seq,
-                "created_at": e.created_at,
-                "kind": e.kind,
-                "actor": e.actor,
-                "action": e.action,
-                "target": e.target,
-                "payload": payload,
-                "prev_hash": prev,
-                "hash": digest,
-            }
-        )
+        rows.append((seq, e.created_at, e.kind, e.actor, e.action, e.target, payload, prev, digest))
         prev = digest
-    conn.execute(audit_log.insert(), rows)
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    return rows, seq, prev
 
 
 @dataclass(frozen=True, slots=True)

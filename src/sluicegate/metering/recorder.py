@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..policies.base import Policy
 from .audit import AuditEntry
+from .batch_writer import UsageRow
 from .record import RequestRecord
 from .usage_store import UsageStore, usage_row
 
@@ -36,7 +37,7 @@ class UsageRecorder:
         self._audit_requests = audit_requests
         self._max_pending = max_pending
         # Everything submitted since the last write began, and the one future all of it waits on.
-        self._pending: list[tuple[dict[str, Any] | None, AuditEntry | None]] = []
+        self._pending: list[tuple[UsageRow | None, AuditEntry | None]] = []
         self._next: asyncio.Future[tuple[float, float]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -56,7 +57,7 @@ class UsageRecorder:
     async def audit(self, entry: AuditEntry) -> None:
         await self._submit(None, entry)
 
-    async def _submit(self, row: dict[str, Any] | None, entry: AuditEntry | None) -> tuple[float, float]:
+    async def _submit(self, row: UsageRow | None, entry: AuditEntry | None) -> tuple[float, float]:
         while len(self._pending) >= self._max_pending:
             # Bounded: wait for the batch being filled to be written before adding more.
             assert self._next is not None
@@ -89,7 +90,7 @@ class UsageRecorder:
             future.set_result(span)
 
     async def _write(
-        self, batch: list[tuple[dict[str, Any] | None, AuditEntry | None]]
+        self, batch: list[tuple[UsageRow | None, AuditEntry | None]]
     ) -> tuple[float, float] | BaseException:
         rows = [row for row, _ in batch if row is not None]
         audits = [entry for _, entry in batch if entry is not None]

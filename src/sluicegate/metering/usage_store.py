@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, literal_column, select
+import orjson
+from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
 from ..storage.schema import audit_head, audit_log, rollup_days, usage, usage_daily
 from . import audit
 from .audit import AuditEntry, VerifyResult
+from .batch_writer import PostgresBatchWriter, SqliteBatchWriter, UsageRow
 from .record import RequestRecord
 
 # Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
@@ -28,78 +28,64 @@ def utc_day(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d")
 
 
-def usage_row(rec: RequestRecord) -> dict[str, Any]:
+def usage_row(rec: RequestRecord) -> UsageRow:
+    """The record as a row of ``usage``, in ``USAGE_COLUMNS`` order."""
     u = rec.usage
-    return {
-        "request_id": rec.request_id,
-        "created_at": rec.started_at,
-        "day": utc_day(rec.started_at),
-        "key_id": rec.key_id,
-        "key_prefix": rec.key_prefix,
-        "group_name": rec.group,
-        "requested_model": rec.requested_model,
-        "model": rec.model,
-        "deployment": rec.deployment,
-        "stream": rec.stream,
-        "status": rec.status,
-        "outcome": rec.outcome,
-        "error_code": rec.error_code,
-        "partial": rec.partial,
-        "estimated": rec.estimated,
-        "prompt_tokens": u.prompt_tokens if u else 0,
-        "cached_tokens": u.cached_tokens if u else 0,
-        "cache_write_tokens": u.cache_write_tokens if u else 0,
-        "completion_tokens": u.completion_tokens if u else 0,
-        "reasoning_tokens": u.reasoning_tokens if u else 0,
-        "cost_micro": rec.cost_micro,
-        "latency_ms": round(rec.latency_ms, 3),
-        "ttft_ms": round(rec.ttft_ms, 3) if rec.ttft_ms is not None else None,
-        "user_field": rec.user[:300] if rec.user else None,
-        "attempts": [
-            {
-                "model": a.model,
-                "deployment": a.deployment,
-                "ok": a.ok,
-                "error_code": a.error_code,
-                "status": a.status,
-                "latency_ms": round(a.latency_ms, 3),
-            }
-            for a in rec.attempts
-        ],
-    }
+    attempts = [
+        {
+            "model": a.model,
+            "deployment": a.deployment,
+            "ok": a.ok,
+            "error_code": a.error_code,
+            "status": a.status,
+            "latency_ms": round(a.latency_ms, 3),
+        }
+        for a in rec.attempts
+    ]
+    return (
+        rec.request_id,
+        rec.started_at,
+        utc_day(rec.started_at),
+        rec.key_id,
+        rec.key_prefix,
+        rec.group,
+        rec.requested_model,
+        rec.model,
+        rec.deployment,
+        rec.stream,
+        rec.status,
+        rec.outcome,
+        rec.error_code,
+        rec.partial,
+        u is not None and u.estimated,
+        u.prompt_tokens if u else 0,
+        u.cached_tokens if u else 0,
+        u.cache_write_tokens if u else 0,
+        u.completion_tokens if u else 0,
+        u.reasoning_tokens if u else 0,
+        rec.cost_micro,
+        round(rec.latency_ms, 3),
+        round(rec.ttft_ms, 3) if rec.ttft_ms is not None else None,
+        rec.user[:300] if rec.user else None,
+        orjson.dumps(attempts).decode(),
+    )
 
 
 class UsageStore:
-    def __init__(self, engine: AsyncEngine, sqlite_writer: Engine | None = None) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        # SQLite: batches go through a sync engine on one dedicated thread (see storage/db.py).
-        self._writer = sqlite_writer
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-usage") if sqlite_writer else None
+        self._writer: SqliteBatchWriter | PostgresBatchWriter
+        if engine.dialect.name == "sqlite":
+            self._writer = SqliteBatchWriter(engine.url.database or ":memory:")
+        else:
+            self._writer = PostgresBatchWriter(engine)
 
-    async def write(self, rows: Sequence[dict[str, Any]], audits: Sequence[AuditEntry]) -> None:
+    async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         """One transaction for a whole batch: the group commit."""
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sync, rows, audits)
-            return
-        async with self._engine.begin() as conn:
-            if rows:
-                await conn.execute(insert(usage), list(rows))
-            if audits:
-                await conn.run_sync(audit.append, audits)
-
-    def _write_sync(self, rows: Sequence[dict[str, Any]], audits: Sequence[AuditEntry]) -> None:
-        assert self._writer is not None
-        with self._writer.begin() as conn:
-            if rows:
-                conn.execute(insert(usage), list(rows))
-            if audits:
-                audit.append(conn, audits)
+        await self._writer.write(rows, audits)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-        if self._writer is not None:
-            self._writer.dispose()
+        self._writer.close()
 
     async def by_request_ids(self, request_ids: Sequence[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

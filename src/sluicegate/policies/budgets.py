@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import BudgetExceeded, StoreUnavailable
+from ..metering.pricing import ceil_micro
 from ..metering.tokens import TokenCounter
-from ..types import Limits
+from ..types import Limits, Principal
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ class Account:
     start: float
     end: float
     limit: int
+    key: str = field(init=False)  # "budget:<scope>:<ident>:<period>", the ledger's name for these books
 
-    @property
-    def key(self) -> str:
-        return f"budget:{self.scope}:{self.ident}:{self.period_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"budget:{self.scope}:{self.ident}:{self.period_id}")
 
 
 class Ledger(Protocol):
@@ -72,15 +72,14 @@ class LocalLedger:
         self._load = load_spent
         self._books: dict[str, list[int]] = {}  # key -> [spent, reserved]
 
-    async def _ensure(self, account: Account) -> list[int]:
-        book = self._books.get(account.key)
-        if book is None:
-            spent = await self._load(account.scope, account.ident, account.start)
-            book = self._books.setdefault(account.key, [spent, 0])
-        return book
-
     async def reserve(self, accounts: list[Account], amount: int) -> Account | None:
-        books = [await self._ensure(a) for a in accounts]
+        books = []
+        for account in accounts:
+            book = self._books.get(account.key)
+            if book is None:  # first use of these books in this process: spend so far comes from the store
+                spent = await self._load(account.scope, account.ident, account.start)
+                book = self._books.setdefault(account.key, [spent, 0])
+            books.append(book)
         # No await from here on: check-and-reserve is atomic within the event loop.
         for account, book in zip(accounts, books, strict=True):
             if book[0] + book[1] + amount > account.limit:
@@ -144,10 +143,6 @@ class RedisLedger:
             await pipe.execute()
 
 
-def _micro(tokens: int, price_per_million: float) -> int:
-    return int((Decimal(tokens) * Decimal(str(price_per_million))).to_integral_value(rounding=ROUND_CEILING))
-
-
 class BudgetPolicy(Policy):
     name = "budget"
 
@@ -155,14 +150,24 @@ class BudgetPolicy(Policy):
         self._ledger = ledger
         self._tokens = tokens
         self._clock = clock
+        # Per principal (the authenticator's cached object): its accounts and when their period ends.
+        self._cache: dict[int, tuple[Principal, list[Account], float]] = {}
 
     def _accounts(self, ctx: RequestContext) -> list[Account]:
         p = ctx.principal
+        if not (p.key_limits.budget_micro is not None or p.group_limits.budget_micro is not None):
+            return []
         now = self._clock()
+        hit = self._cache.get(id(p))
+        if hit is not None and hit[0] is p and now < hit[2]:
+            return hit[1]
         out = []
         for scope, ident, limits in (("key", p.key_id, p.key_limits), ("group", p.group, p.group_limits)):
             if ident is not None and limits.budget_micro is not None:
                 out.append(_account(scope, ident, limits, now))
+        if len(self._cache) > 10_000:  # principals are replaced on every cache refresh: forget the old ones
+            self._cache.clear()
+        self._cache[id(p)] = (p, out, min((a.end for a in out), default=float("inf")))
         return out
 
     async def before(self, ctx: RequestContext) -> None:
@@ -174,7 +179,7 @@ class BudgetPolicy(Policy):
         if ctx.prompt_estimate is None:
             ctx.prompt_estimate = self._tokens.count_messages(ctx.request.messages)
         max_out = ctx.request.max_tokens or model.deployments[0].default_max_tokens
-        estimate = _micro(ctx.prompt_estimate, model.price.input) + _micro(
+        estimate = ceil_micro(ctx.prompt_estimate, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output
         )
         refused = await self._ledger.reserve(accounts, estimate)

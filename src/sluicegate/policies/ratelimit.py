@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import RateLimited, StoreUnavailable
 from ..metering.tokens import TokenCounter
-from ..types import Limits
+from ..types import Principal
 from .base import Policy
 
 if TYPE_CHECKING:
@@ -33,16 +32,14 @@ log = logging.getLogger("sluicegate.ratelimit")
 PERIOD = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
+class Bucket(NamedTuple):
     key: str  # e.g. "rl:key:<id>:requests"
     limit: int  # units per minute
     cost: int
     kind: str  # requests | tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     allowed: bool
     remaining: list[int]  # per bucket, after this request
     reset: list[float]  # seconds until each bucket is full again
@@ -54,22 +51,6 @@ class Limiter(Protocol):
     async def force(self, buckets: list[Bucket], now: float) -> None: ...
 
 
-def _gcra(tat: float, limit: int, cost: int, now: float) -> tuple[bool, float, int, float, float]:
-    """One bucket: (allowed, new_tat, remaining, reset, retry_after)."""
-    interval = PERIOD / limit
-    new_tat = max(tat, now) + interval * cost
-    allow_at = new_tat - PERIOD
-    if allow_at > now:
-        return (
-            False,
-            tat,
-            max(0, math.floor((PERIOD - (max(tat, now) - now)) / interval)),
-            max(tat, now) - now,
-            (allow_at - now),
-        )
-    return True, new_tat, max(0, math.floor((PERIOD - (new_tat - now)) / interval)), new_tat - now, 0.0
-
-
 class LocalLimiter:
     """One process: exact, no I/O. Entries whose TAT is in the past are dropped as they are found."""
 
@@ -77,14 +58,29 @@ class LocalLimiter:
         self._tat: dict[str, float] = {}
 
     async def take(self, buckets: list[Bucket], now: float) -> Verdict:
-        results = [_gcra(self._tat.get(b.key, 0.0), b.limit, b.cost, now) for b in buckets]
-        allowed = all(r[0] for r in results)
-        if allowed:
-            for b, r in zip(buckets, results, strict=True):
-                self._tat[b.key] = r[1]
-        if len(self._tat) > 100_000:
-            self._tat = {k: v for k, v in self._tat.items() if v > now}
-        return Verdict(allowed, [r[2] for r in results], [r[3] for r in results], max(r[4] for r in results))
+        # GCRA per bucket, all-or-nothing: the new TATs are stored only if every bucket admits.
+        tats = self._tat
+        remaining: list[int] = []
+        reset: list[float] = []
+        new_tats: list[float] = []
+        retry = 0.0
+        for b in buckets:
+            interval = PERIOD / b.limit
+            tat = tats.get(b.key, 0.0)
+            base = tat if tat > now else now
+            new_tat = base + interval * b.cost
+            if new_tat - PERIOD > now:  # refused: the bucket keeps its TAT
+                retry = max(retry, new_tat - PERIOD - now)
+                new_tat = base
+            remaining.append(max(0, math.floor((PERIOD - (new_tat - now)) / interval)))
+            reset.append(new_tat - now)
+            new_tats.append(new_tat)
+        if not retry:
+            for b, new_tat in zip(buckets, new_tats, strict=True):
+                tats[b.key] = new_tat
+        if len(tats) > 100_000:
+            self._tat = {k: v for k, v in tats.items() if v > now}
+        return Verdict(not retry, remaining, reset, retry)
 
     async def force(self, buckets: list[Bucket], now: float) -> None:
         for b in buckets:
@@ -176,25 +172,33 @@ class RateLimitPolicy(Policy):
         self._limiter = limiter
         self._tokens = tokens
         self._fail_open = fail_open
+        # Per principal (the authenticator's cached object): its request buckets and token buckets (cost 0).
+        self._plans: dict[int, tuple[Principal, list[Bucket], list[Bucket]]] = {}
 
-    def _buckets(self, ctx: RequestContext, kind: str, cost: int) -> list[Bucket]:
-        p = ctx.principal
-        out = []
+    def _plan(self, p: Principal) -> tuple[list[Bucket], list[Bucket]]:
+        hit = self._plans.get(id(p))
+        if hit is not None and hit[0] is p:
+            return hit[1], hit[2]
+        plan: dict[str, list[Bucket]] = {"requests": [], "tokens": []}
         for scope, ident, limits in (("key", p.key_id, p.key_limits), ("group", p.group, p.group_limits)):
-            limit = _limit(limits, kind)
-            if limit is not None and ident is not None:
-                out.append(Bucket(f"rl:{scope}:{ident}:{kind}", limit, cost, kind))
-        return out
+            for kind, limit in (("requests", limits.rpm), ("tokens", limits.tpm)):
+                if limit is not None and ident is not None:
+                    plan[kind].append(Bucket(f"rl:{scope}:{ident}:{kind}", limit, 1 if kind == "requests" else 0, kind))
+        if len(self._plans) > 10_000:  # principals are replaced on every cache refresh: forget the old ones
+            self._plans.clear()
+        self._plans[id(p)] = (p, plan["requests"], plan["tokens"])
+        return plan["requests"], plan["tokens"]
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
         if not (p.key_limits.rpm or p.key_limits.tpm or p.group_limits.rpm or p.group_limits.tpm):
             return
-        buckets = self._buckets(ctx, "requests", 1)
-        if p.key_limits.tpm or p.group_limits.tpm:
+        requests, tokens = self._plan(p)
+        buckets = list(requests)
+        if tokens:
             prompt = self._tokens.count_messages(ctx.request.messages)
             ctx.prompt_estimate = prompt
-            buckets += self._buckets(ctx, "tokens", max(1, prompt))
+            buckets += [b._replace(cost=max(1, prompt)) for b in tokens]
         now = time.time()
         try:
             verdict = await self._limiter.take(buckets, now)
@@ -203,7 +207,7 @@ class RateLimitPolicy(Policy):
             if self._fail_open:
                 return
             raise StoreUnavailable("The rate limiter is unavailable; try again shortly.") from exc
-        ctx.headers.update(_headers(buckets, verdict))
+        _set_headers(ctx.headers, buckets, verdict)
         if not verdict.allowed:
             retry = max(1, math.ceil(verdict.retry_after))
             raise RateLimited(
@@ -215,27 +219,23 @@ class RateLimitPolicy(Policy):
         usage = record.usage
         if usage is None or not usage.completion_tokens:
             return
-        buckets = self._buckets(ctx, "tokens", usage.completion_tokens)
-        if buckets:
+        tokens = self._plan(ctx.principal)[1]
+        if tokens:
+            buckets = [b._replace(cost=usage.completion_tokens) for b in tokens]
             try:
                 await self._limiter.force(buckets, time.time())
             except Exception as exc:
                 log.error("could not charge %d completion tokens to the rate limiter: %s", usage.completion_tokens, exc)
 
 
-def _limit(limits: Limits, kind: str) -> int | None:
-    return limits.rpm if kind == "requests" else limits.tpm
-
-
-def _headers(buckets: list[Bucket], verdict: Verdict) -> dict[str, str]:
+def _set_headers(headers: dict[str, str], buckets: list[Bucket], verdict: Verdict) -> None:
     """The tightest bucket of each kind sets ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``."""
-    headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        idx = [i for i, b in enumerate(buckets) if b.kind == kind]
-        if not idx:
-            continue
-        i = min(idx, key=lambda j: verdict.remaining[j])
+    tightest: dict[str, int] = {}
+    for i, b in enumerate(buckets):
+        j = tightest.get(b.kind)
+        if j is None or verdict.remaining[i] < verdict.remaining[j]:
+            tightest[b.kind] = i
+    for kind, i in tightest.items():
         headers[f"x-ratelimit-limit-{kind}"] = str(buckets[i].limit)
         headers[f"x-ratelimit-remaining-{kind}"] = str(verdict.remaining[i])
         headers[f"x-ratelimit-reset-{kind}"] = duration(verdict.reset[i])
-    return headers

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import sqlalchemy
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import SingletonThreadPool
 
 
 class StoreConfigError(ValueError):
@@ -41,7 +39,7 @@ def create_engine(
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
     # ``?search_path=NAME`` in the URL puts sluicegate's tables in their own schema (tests isolate runs this way).
@@ -52,25 +50,7 @@ def create_engine(
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args)
 
 
-def create_sqlite_writer(database_url: str) -> Engine | None:
-    """A synchronous engine for batch writes to SQLite from one dedicated thread (None for PostgreSQL).
-
-    aiosqlite crosses to its thread once per statement; a group commit is several statements, so writing a
-    whole batch in one call on our own thread costs one hand-off instead of many (measured: the largest
-    part of the metering overhead). SQLite allows one writer at a time anyway.
-    """
-    url = make_url(engine_url(database_url))
-    if url.get_backend_name() != "sqlite":
-        return None
-    sync_url = url.set(drivername="sqlite+pysqlite")
-    engine = sqlalchemy.create_engine(
-        sync_url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=SingletonThreadPool
-    )
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     # WAL lets readers run beside the single writer. synchronous=NORMAL: a committed transaction survives
     # the process being killed (it is in the WAL, in the OS cache); only a power loss can lose the newest.

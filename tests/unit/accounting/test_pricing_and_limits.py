@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sluicegate.config import Price
-from sluicegate.metering.pricing import cost_micro
+from sluicegate.metering.pricing import ceil_micro, cost_micro
 from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, period_bounds
 from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
 from sluicegate.types import Usage
@@ -40,6 +43,34 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 def test_cost_in_integer_micro_credits(usage: Usage, price: Price, expected: int) -> None:
     cost = cost_micro(usage, price)
     assert cost == expected and isinstance(cost, int)
+
+
+PRICES = st.sampled_from([0.0, 0.075, 0.1, 0.15, 0.3, 0.6, 1.25, 2.5, 3.0, 15.0, 1e-7, 123.456789])
+
+
+@given(
+    prompt=st.integers(0, 10**7),
+    cached=st.integers(0, 10**7),
+    completion=st.integers(0, 10**6),
+    prices=st.tuples(PRICES, st.none() | PRICES, PRICES),
+)
+def test_integer_cost_equals_exact_decimal_cost(
+    prompt: int, cached: int, completion: int, prices: tuple[float, float | None, float]
+) -> None:
+    """The integer arithmetic gives what exact decimal arithmetic on the prices as written gives."""
+    price = Price(input=prices[0], cached_input=prices[1], output=prices[2])
+    usage = Usage(prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion)
+    hit = min(cached, prompt)
+    exact = (
+        Decimal(prompt - hit) * Decimal(str(price.input))
+        + Decimal(hit) * Decimal(str(prices[1] if prices[1] is not None else prices[0]))
+        + Decimal(completion) * Decimal(str(price.output))
+    )
+    assert cost_micro(usage, price) == int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    # A budget reservation never under-estimates: it rounds up.
+    assert ceil_micro(prompt, prices[0]) == int(
+        (Decimal(prompt) * Decimal(str(prices[0]))).to_integral_value(rounding=ROUND_CEILING)
+    )
 
 
 def test_duration_format() -> None:

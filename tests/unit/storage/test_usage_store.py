@@ -14,7 +14,7 @@ from sluicegate.metering.audit import AuditEntry
 from sluicegate.metering.record import Attempt, RequestRecord
 from sluicegate.metering.recorder import UsageRecorder
 from sluicegate.metering.usage_store import UsageStore, usage_row
-from sluicegate.storage.db import create_engine, create_sqlite_writer
+from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
 from sluicegate.storage.schema import audit_log
 from sluicegate.types import Usage
@@ -28,7 +28,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     with database_url(request.param, tmp_path) as url:
         engine = create_engine(url)
         await migrate(engine)
-        store = UsageStore(engine, create_sqlite_writer(url))  # SQLite writes through its own thread
+        store = UsageStore(engine)  # SQLite batches go through the writer's own thread
         try:
             yield store
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -25,7 +26,13 @@ REPORT_DIMENSIONS = {"key": "key_prefix", "group": "group_name", "model": "model
 
 
 def utc_day(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d")
+    """``YYYY-MM-DD`` of an epoch time in UTC (every usage row carries it; formatted once per day)."""
+    return _day_name(int(epoch // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86400, dt.UTC).strftime("%Y-%m-%d")
 
 
 def usage_row(rec: RequestRecord) -> UsageRow:

@@ -198,7 +198,8 @@ class RateLimitPolicy(Policy):
         if tokens:
             prompt = self._tokens.count_messages(ctx.request.messages)
             ctx.prompt_estimate = prompt
-            buckets += [b._replace(cost=max(1, prompt)) for b in tokens]
+            cost = max(1, prompt)
+            buckets += [Bucket(b.key, b.limit, cost, b.kind) for b in tokens]
         now = time.time()
         try:
             verdict = await self._limiter.take(buckets, now)
@@ -221,7 +222,7 @@ class RateLimitPolicy(Policy):
             return
         tokens = self._plan(ctx.principal)[1]
         if tokens:
-            buckets = [b._replace(cost=usage.completion_tokens) for b in tokens]
+            buckets = [Bucket(b.key, b.limit, usage.completion_tokens, b.kind) for b in tokens]
             try:
                 await self._limiter.force(buckets, time.time())
             except Exception as exc:

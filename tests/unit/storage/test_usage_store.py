@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from sluicegate.metering.audit import AuditEntry
+from sluicegate.metering.batch_writer import SqliteBatchWriter
 from sluicegate.metering.record import Attempt, RequestRecord
 from sluicegate.metering.recorder import UsageRecorder
 from sluicegate.metering.usage_store import UsageStore, usage_row
@@ -129,3 +131,66 @@ async def test_rollup_prune_report_and_spend(store: UsageStore) -> None:
     assert by_model == {"m1": 1_340, "m2": 2_000}
     recent = {r["key"]: r["cost_micro"] for r in await store.report("key", now - 3600)}
     assert recent == {"sk-sg-key_a": 40}
+
+
+async def test_sqlite_batch_never_blocks_the_loop_on_a_held_write_lock(tmp_path: Path) -> None:
+    """Another writer holds SQLite's lock: the batch waits on the writer's thread while the loop runs on."""
+    url = f"sqlite:///{tmp_path}/usage.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    store = UsageStore(engine)
+    writer = store._writer
+    assert isinstance(writer, SqliteBatchWriter)
+    try:
+        now = time.time()
+        await store.write([usage_row(rec(1, now))], [])
+        assert (writer.written_on_loop, writer.written_on_thread) == (1, 0)
+
+        other = sqlite3.connect(tmp_path / "usage.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # e.g. a CLI command or another worker mid-transaction
+        write = asyncio.ensure_future(
+            store.write([usage_row(rec(2, now))], [AuditEntry(now, "admin", "a", "x", "t", {})])
+        )
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning while the batch waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done() and ticks == 20
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(write, 10)
+        assert (writer.written_on_loop, writer.written_on_thread) == (1, 1)
+        assert len(await store.by_request_ids(["req-1", "req-2"])) == 2
+        assert (await store.verify_audit()).ok
+
+        await store.write([usage_row(rec(3, now))], [])  # the lock is free again: back on the loop
+        assert writer.written_on_loop == 2
+    finally:
+        store.close()
+        await engine.dispose()
+
+
+async def _db_file_size_after_40_batches(db: Path, checkpoint_every: int) -> int:
+    engine = create_engine(f"sqlite:///{db}")
+    await migrate(engine)
+    store = UsageStore(engine)
+    assert isinstance(store._writer, SqliteBatchWriter)
+    store._writer._checkpoint_every = checkpoint_every
+    try:
+        now = time.time()
+        for i in range(40):
+            await store.write([usage_row(rec(i, now))], [])
+        await asyncio.sleep(0.2)  # let a checkpoint in flight finish
+        assert store._writer.written_on_loop == 40
+        # Pages reach the database file itself only through a checkpoint.
+        return db.stat().st_size
+    finally:
+        store.close()
+        await engine.dispose()
+
+
+async def test_sqlite_checkpoints_run_off_the_loop(tmp_path: Path) -> None:
+    """The loop's connection never checkpoints (it would fsync on the loop); the writer's thread does."""
+    never = await _db_file_size_after_40_batches(tmp_path / "never.db", checkpoint_every=10**9)
+    often = await _db_file_size_after_40_batches(tmp_path / "often.db", checkpoint_every=5)
+    assert often > never, (often, never)

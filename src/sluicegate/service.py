@@ -32,6 +32,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .http.sse import DONE, StreamEncoder, stream_error_frame
+from .idle_timer import IdleTimer
 from .metering.pricing import cost_micro
 from .metering.record import Attempt, RequestRecord
 from .metering.tokens import TokenCounter
@@ -415,17 +416,18 @@ class OpenStream:
         failure: str | None = None
         try:
             while True:
+                idle: IdleTimer | None = None
                 try:
                     async with asyncio.timeout(None) as timer:
                         self._timer = timer
+                        idle = IdleTimer(timer, deadline)
                         while not (encoder.complete and encoder.usage is not None) and self.abort_reason is None:
-                            wait = tail_grace if in_tail else t.idle
-                            timer.reschedule(min(loop.time() + wait, deadline))
+                            idle.reading(tail_grace if in_tail else t.idle)
                             try:
                                 batch = await anext(upstream)
                             except StopAsyncIteration:
                                 break
-                            timer.reschedule(None)  # never time the client's reading
+                            idle.done_reading()  # never time the client's reading
                             data = self._encode(batch)
                             in_tail = encoder.complete
                             if data:
@@ -439,6 +441,8 @@ class OpenStream:
                     failure = _stream_message(exc)
                 finally:
                     self._timer = None
+                    if idle is not None:
+                        idle.cancel()
                     await _close(upstream)
                 if failure is None and self.abort_reason is None and not encoder.complete:
                     failure = "upstream stream ended without a finish_reason"

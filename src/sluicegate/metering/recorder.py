@@ -43,6 +43,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.batches = 0
+        self.records = 0  # rows and audit entries written: records / batches is the group commit's yield
         self.failures = 0
 
     def start(self) -> None:
@@ -106,6 +107,7 @@ class UsageRecorder:
                 log.error("writing %d usage records failed (try %d): %s", len(rows), attempt + 1, exc)
                 await asyncio.sleep(0.05 * (attempt + 1))
         self.batches += 1
+        self.records += len(batch)
         if error is not None:
             self.failures += len(batch)
             return error
@@ -117,6 +119,8 @@ class UsageRecorder:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self.batches:
+            log.info("usage recorder: %d records in %d commits", self.records, self.batches)
 
 
 def request_audit(rec: RequestRecord) -> AuditEntry:

@@ -192,12 +192,17 @@ class UsageStore:
             return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(stmt)]
 
 
+def _day_start(day: str) -> float:
+    return dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+
+
 def _rollup_sync(conn: Connection, today: str) -> list[str]:
     done = set(conn.execute(select(rollup_days.c.day)).scalars())
-    days = [
-        d for d in conn.execute(select(usage.c.day).where(usage.c.day < today).distinct()).scalars() if d not in done
-    ]
+    # Ranges of created_at (indexed) select the rows; ``day`` is derived from it when the row is written.
+    before_today = usage.c.created_at < _day_start(today)
+    days = [d for d in conn.execute(select(usage.c.day).where(before_today).distinct()).scalars() if d not in done]
     for day in sorted(days):
+        start = _day_start(day)
         conn.execute(delete(usage_daily).where(usage_daily.c.day == day))
         errors = func.sum((usage.c.status >= 400).cast(usage.c.prompt_tokens.type))
         agg = (
@@ -215,7 +220,7 @@ def _rollup_sync(conn: Connection, today: str) -> list[str]:
                 func.sum(usage.c.reasoning_tokens),
                 func.sum(usage.c.cost_micro),
             )
-            .where(and_(usage.c.day == day))
+            .where(and_(usage.c.created_at >= start, usage.c.created_at < start + 86400, usage.c.day == day))
             .group_by(usage.c.key_id, func.coalesce(usage.c.group_name, _EMPTY), func.coalesce(usage.c.model, _EMPTY))
         )
         conn.execute(

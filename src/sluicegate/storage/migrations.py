@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, func, inspect, select
+from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Table, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -71,6 +71,14 @@ def _group_dlp(conn: Connection) -> None:
     _add_columns(conn, "groups", [Column("dlp", JSON, nullable=True)])
 
 
+def _lean_usage_indexes(conn: Connection) -> None:
+    # Every usage index is written inside the group commit. Request ids are random, so their index put each
+    # row on a different page (a 4 KB WAL frame per row on SQLite: measured +7 µs per request at 24 rows per
+    # commit); the day index duplicated created_at's. Reports, rollups and pruning use created_at ranges.
+    for name in ("ix_usage_request", "ix_usage_day"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+
 # The hash the first audit record chains to.
 GENESIS_HASH = "0" * 64
 
@@ -78,6 +86,7 @@ MIGRATIONS: list[tuple[str, str, Step]] = [
     ("0001", "groups and api keys", _create(schema.groups, schema.api_keys)),
     ("0002", "limits, budgets, usage, rollups, audit log", _accounting),
     ("0003", "per-group DLP overrides", _group_dlp),
+    ("0004", "fewer usage indexes: the group commit writes every one", _lean_usage_indexes),
 ]
 
 

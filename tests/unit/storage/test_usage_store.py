@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, inspect, text, update
 
 from sluicegate.metering.audit import AuditEntry
 from sluicegate.metering.batch_writer import SqliteBatchWriter
@@ -129,7 +129,10 @@ async def test_rollup_prune_report_and_spend(store: UsageStore) -> None:
     assert await store.spent_since("key", "key_a", now - 2 * DAY) == 340
     by_model = {r["model"]: r["cost_micro"] for r in await store.report("model", now - 200 * DAY)}
     assert by_model == {"m1": 1_340, "m2": 2_000}
-    recent = {r["key"]: r["cost_micro"] for r in await store.report("key", now - 3600)}
+    # Rolled-up days count whole: a report from today's UTC midnight sees only today's raw row (an hour ago
+    # would, just after midnight, be inside yesterday and include all of it).
+    today = now // DAY * DAY
+    recent = {r["key"]: r["cost_micro"] for r in await store.report("key", today)}
     assert recent == {"sk-sg-key_a": 40}
 
 
@@ -194,3 +197,27 @@ async def test_sqlite_checkpoints_run_off_the_loop(tmp_path: Path) -> None:
     never = await _db_file_size_after_40_batches(tmp_path / "never.db", checkpoint_every=10**9)
     often = await _db_file_size_after_40_batches(tmp_path / "often.db", checkpoint_every=5)
     assert often > never, (often, never)
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "postgres"])
+async def test_migration_0004_drops_the_indexes_every_commit_paid_for(engine_name: str, tmp_path: Path) -> None:
+    """A database from before 0004 (request-id and day indexes on usage) loses them; a new one never has them."""
+    with database_url(engine_name, tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+
+            async def usage_indexes() -> set[str]:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(lambda c: {ix["name"] for ix in inspect(c).get_indexes("usage")})
+
+            lean = {"ix_usage_created", "ix_usage_key_created", "ix_usage_group_created"}
+            assert await usage_indexes() == lean
+            async with engine.begin() as conn:  # as 0002 created them in earlier releases
+                await conn.execute(text("CREATE INDEX ix_usage_request ON usage (request_id)"))
+                await conn.execute(text("CREATE INDEX ix_usage_day ON usage (day)"))
+                await conn.execute(text("DELETE FROM schema_migrations WHERE version = '0004'"))
+            assert await migrate(engine) == ["0004"]
+            assert await usage_indexes() == lean
+        finally:
+            await engine.dispose()

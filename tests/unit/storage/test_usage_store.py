@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import delete, inspect, text, update
 
 from sluicegate.metering.audit import AuditEntry
-from sluicegate.metering.batch_writer import SqliteBatchWriter
+from sluicegate.metering.batch_writer import PostgresBatchWriter, SqliteBatchWriter
 from sluicegate.metering.record import Attempt, RequestRecord
-from sluicegate.metering.recorder import UsageRecorder
+from sluicegate.metering.recorder import UsageRecorder, request_audit
 from sluicegate.metering.usage_store import UsageStore, usage_row
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
@@ -221,3 +221,32 @@ async def test_migration_0004_drops_the_indexes_every_commit_paid_for(engine_nam
             assert await usage_indexes() == lean
         finally:
             await engine.dispose()
+
+
+async def test_postgres_writers_on_two_replicas_extend_one_chain(tmp_path: Path) -> None:
+    """Each writer remembers the head it wrote last; when the other one moved it, the guarded one-statement
+    batch writes nothing and the locked path appends instead. The chain and the rows stay complete."""
+    with database_url("postgres", tmp_path) as url:
+        engines = [create_engine(url), create_engine(url)]
+        try:
+            await migrate(engines[0])
+            stores = [UsageStore(e) for e in engines]
+            writers = [s._writer for s in stores]
+            assert all(isinstance(w, PostgresBatchWriter) for w in writers)
+            now = time.time()
+            n = 0
+            for turn in [0, 0, 0, 1, 1, 0, 1, 0, 0]:
+                batch = [rec(n + i, now) for i in range(3)]
+                n += 3
+                await stores[turn].write([usage_row(r) for r in batch], [request_audit(r) for r in batch])
+            a, b = writers
+            assert isinstance(a, PostgresBatchWriter) and isinstance(b, PostgresBatchWriter)
+            # Writer 0: first batch locked, two fast; after writer 1 moved the head, locked again, etc.
+            assert (a.locked_batches, a.fast_batches) == (3, 3)
+            assert (b.locked_batches, b.fast_batches) == (2, 1)
+            result = await stores[0].verify_audit()
+            assert result.ok and result.records == n
+            assert len(await stores[1].by_request_ids([f"req-{i}" for i in range(n)])) == n
+        finally:
+            for e in engines:
+                await e.dispose()

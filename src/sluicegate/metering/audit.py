@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from ..storage.migrations import GENESIS_HASH
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs 3x more
     created_at: float
     kind: str  # request | admin | dlp
     actor: str

@@ -190,19 +190,18 @@ class RateLimitPolicy(Policy):
         return plan["requests"], plan["tokens"]
 
     async def before(self, ctx: RequestContext) -> None:
-        p = ctx.principal
-        if not (p.key_limits.rpm or p.key_limits.tpm or p.group_limits.rpm or p.group_limits.tpm):
+        requests, tokens = self._plan(ctx.principal)
+        if not (requests or tokens):
             return
-        requests, tokens = self._plan(p)
-        buckets = list(requests)
         if tokens:
             prompt = self._tokens.count_messages(ctx.request.messages)
             ctx.prompt_estimate = prompt
             cost = max(1, prompt)
-            buckets += [Bucket(b.key, b.limit, cost, b.kind) for b in tokens]
-        now = time.time()
+            buckets = requests + [Bucket(b.key, b.limit, cost, b.kind) for b in tokens]
+        else:
+            buckets = requests
         try:
-            verdict = await self._limiter.take(buckets, now)
+            verdict = await self._limiter.take(buckets, time.time())
         except Exception as exc:
             log.error("rate limiter unavailable (%s); failing %s", exc, "open" if self._fail_open else "closed")
             if self._fail_open:
@@ -229,14 +228,22 @@ class RateLimitPolicy(Policy):
                 log.error("could not charge %d completion tokens to the rate limiter: %s", usage.completion_tokens, exc)
 
 
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}
+
+
 def _set_headers(headers: dict[str, str], buckets: list[Bucket], verdict: Verdict) -> None:
     """The tightest bucket of each kind sets ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``."""
+    remaining = verdict.remaining
     tightest: dict[str, int] = {}
     for i, b in enumerate(buckets):
         j = tightest.get(b.kind)
-        if j is None or verdict.remaining[i] < verdict.remaining[j]:
+        if j is None or remaining[i] < remaining[j]:
             tightest[b.kind] = i
     for kind, i in tightest.items():
-        headers[f"x-ratelimit-limit-{kind}"] = str(buckets[i].limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(verdict.remaining[i])
-        headers[f"x-ratelimit-reset-{kind}"] = duration(verdict.reset[i])
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+        headers[limit_name] = str(buckets[i].limit)
+        headers[remaining_name] = str(remaining[i])
+        headers[reset_name] = duration(verdict.reset[i])

@@ -114,7 +114,7 @@ class ServerConfig(_Strict):
     max_concurrent_requests: int | None = Field(default=10_000, ge=1)
     max_concurrent_per_key: int | None = Field(default=None, ge=1)
     # The listen queue (raise with net.core.somaxconn for bursts of thousands of new streams).
-    backlog: int = Field(default=2048, ge=16)
+    backlog: int = Field(default=4096, ge=16)
     # Idle client keep-alive; keep it longer than a load balancer's upstream keepalive_timeout (nginx: 4 s).
     keepalive_timeout: float = Field(default=5.0, gt=0)
 

@@ -35,6 +35,11 @@ def _day_name(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86400, dt.UTC).strftime("%Y-%m-%d")
 
 
+def _ms3(ms: float) -> float:
+    """Milliseconds to the microsecond (round(x, 3) formats a decimal string: ~1 µs, twice per request)."""
+    return int(ms * 1000 + 0.5) / 1000 if ms >= 0 else -int(-ms * 1000 + 0.5) / 1000
+
+
 def usage_row(rec: RequestRecord) -> UsageRow:
     """The record as a row of ``usage``, in ``USAGE_COLUMNS`` order."""
     u = rec.usage
@@ -45,7 +50,7 @@ def usage_row(rec: RequestRecord) -> UsageRow:
             "ok": a.ok,
             "error_code": a.error_code,
             "status": a.status,
-            "latency_ms": round(a.latency_ms, 3),
+            "latency_ms": _ms3(a.latency_ms),
         }
         for a in rec.attempts
     ]
@@ -71,8 +76,8 @@ def usage_row(rec: RequestRecord) -> UsageRow:
         u.completion_tokens if u else 0,
         u.reasoning_tokens if u else 0,
         rec.cost_micro,
-        round(rec.latency_ms, 3),
-        round(rec.ttft_ms, 3) if rec.ttft_ms is not None else None,
+        _ms3(rec.latency_ms),
+        _ms3(rec.ttft_ms) if rec.ttft_ms is not None else None,
         rec.user[:300] if rec.user else None,
         orjson.dumps(attempts).decode(),
     )

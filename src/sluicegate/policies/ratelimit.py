@@ -58,21 +58,25 @@ class LocalLimiter:
         self._tat: dict[str, float] = {}
 
     async def take(self, buckets: list[Bucket], now: float) -> Verdict:
-        # GCRA per bucket, all-or-nothing: the new TATs are stored only if every bucket admits.
+        # GCRA per bucket, all-or-nothing: the new TATs are stored only if every bucket admits. Written with
+        # plain comparisons (no max()/floor() calls): it runs for every bucket of every request.
         tats = self._tat
         remaining: list[int] = []
         reset: list[float] = []
         new_tats: list[float] = []
         retry = 0.0
-        for b in buckets:
-            interval = PERIOD / b.limit
-            tat = tats.get(b.key, 0.0)
+        for key, limit, cost, _ in buckets:
+            interval = PERIOD / limit
+            tat = tats.get(key, 0.0)
             base = tat if tat > now else now
-            new_tat = base + interval * b.cost
-            if new_tat - PERIOD > now:  # refused: the bucket keeps its TAT
-                retry = max(retry, new_tat - PERIOD - now)
+            new_tat = base + interval * cost
+            late = new_tat - PERIOD - now
+            if late > 0:  # refused: the bucket keeps its TAT
+                if late > retry:
+                    retry = late
                 new_tat = base
-            remaining.append(max(0, math.floor((PERIOD - (new_tat - now)) / interval)))
+            left = (PERIOD - (new_tat - now)) / interval
+            remaining.append(int(left) if left > 0 else 0)  # floor, for a positive number
             reset.append(new_tat - now)
             new_tats.append(new_tat)
         if not retry:

@@ -1,0 +1,130 @@
+"""The accounting part of a request, in one process: policy chain, recorder, group commit. No HTTP.
+
+bench_features.py measures accounting through the whole gateway, where a run-to-run spread of ±5 points
+hides changes of a few microseconds. This isolates what accounting adds (rate limits with four buckets,
+budgets, the usage record and audit entry, the batch write on SQLite) so such a change can be seen: N
+concurrent simulated requests run ``before`` → one loop turn → ``after`` through the real policies and
+the real store, and the process CPU per request is reported with the chain off and on, alternating.
+
+    .venv/bin/python benchmarks/bench_accounting_inprocess.py            # 64 concurrent, 300 each, 3 pairs
+    taskset -c 1 .venv/bin/python benchmarks/bench_accounting_inprocess.py --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import uvloop
+
+from sluicegate.chat_request import parse_chat_request
+from sluicegate.config import ModelConfig
+from sluicegate.metering.record import Attempt, RequestRecord
+from sluicegate.metering.recorder import MeteringSink, UsageRecorder
+from sluicegate.metering.tokens import TokenCounter
+from sluicegate.metering.usage_store import UsageStore
+from sluicegate.policies.base import Policy, PolicyChain
+from sluicegate.policies.budgets import BudgetPolicy, LocalLedger
+from sluicegate.policies.ratelimit import LocalLimiter, RateLimitPolicy
+from sluicegate.service import RequestContext
+from sluicegate.storage.db import create_engine
+from sluicegate.storage.migrations import migrate
+from sluicegate.types import Limits, Principal, Usage
+
+# The limits of bench_features.py's accounting variants: never refuse, but every bucket and budget is live.
+LIMITS = Limits(rpm=10_000_000, tpm=2_000_000_000, budget_micro=10**15, budget_period="total")
+PRINCIPAL = Principal(
+    key_id="key_bench", key_prefix="sk-sg-bench", name="bench", group="bench", models=("*",),
+    key_limits=LIMITS, group_limits=LIMITS,
+)  # fmt: skip
+BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello there, how are you?"}], "max_tokens": 64}
+MODEL = {
+    "id": "mock-gpt",
+    "price": {"input": 1.0, "output": 2.0},
+    "deployments": [{"provider": "openai", "model": "mock-gpt", "api_base": "http://127.0.0.1:1/v1"}],
+}
+
+
+async def _no_spend(scope: str, ident: str, start: float) -> int:
+    return 0
+
+
+async def run(accounting: bool, concurrency: int, per_worker: int) -> tuple[float, float]:
+    """(process CPU µs per request, requests per commit) for one configuration on a fresh SQLite store."""
+    request = parse_chat_request(orjson.dumps(BODY))
+    model = ModelConfig.model_validate(MODEL)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        await migrate(engine)
+        store = UsageStore(engine)
+        recorder = UsageRecorder(store)
+        recorder.start()
+        tokens = TokenCounter()
+        tokens.count("load the vocabulary before measuring")
+        policies: list[Policy] = []
+        if accounting:
+            policies = [
+                MeteringSink(recorder),
+                RateLimitPolicy(LocalLimiter(), tokens),
+                BudgetPolicy(LocalLedger(_no_spend), tokens, time.time),
+            ]
+        chain = PolicyChain(policies)
+
+        async def one() -> None:
+            ctx = RequestContext("req_" + secrets.token_hex(12), PRINCIPAL, request)
+            ctx.model = model
+            await chain.before(ctx)
+            await asyncio.sleep(0)  # the upstream call would be here
+            record = RequestRecord(
+                ctx.request_id, PRINCIPAL.key_id, PRINCIPAL.key_prefix, PRINCIPAL.group, "mock-gpt", "mock-gpt",
+                "openai/mock-gpt", False, time.time(), usage=Usage(prompt_tokens=12, completion_tokens=30),
+                attempts=[Attempt("mock-gpt", "openai/mock-gpt", True, latency_ms=1.0)],
+            )  # fmt: skip
+            record.cost_micro = 72
+            await chain.after(ctx, record)
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                await one()
+
+        await asyncio.gather(*(worker(max(1, per_worker // 6)) for _ in range(concurrency)))  # warm-up
+        batches, records = recorder.batches, recorder.records
+        cpu = time.process_time()
+        await asyncio.gather(*(worker(per_worker) for _ in range(concurrency)))
+        cpu = time.process_time() - cpu
+        per_commit = (recorder.records - records) / max(1, recorder.batches - batches)
+        await recorder.close()
+        store.close()
+        await engine.dispose()
+    return cpu / (concurrency * per_worker) * 1e6, per_commit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--per-worker", type=int, default=300)
+    ap.add_argument("--pairs", type=int, default=3)
+    a = ap.parse_args()
+    off: list[float] = []
+    on: list[float] = []
+    for _ in range(a.pairs):
+        for accounting, out in ((False, off), (True, on)):
+            us, per_commit = uvloop.run(run(accounting, a.concurrency, a.per_worker))
+            out.append(us)
+            label = "on " if accounting else "off"
+            print(
+                f"accounting {label}: {us:6.1f} µs CPU per request"
+                + (f", {per_commit:.1f} per commit" if accounting else "")
+            )
+    added = statistics.median(on) - statistics.median(off)
+    print(f"\nmedian added by accounting: {added:.1f} µs per request ({a.concurrency} concurrent)")
+
+
+if __name__ == "__main__":
+    main()

@@ -250,3 +250,28 @@ async def test_postgres_writers_on_two_replicas_extend_one_chain(tmp_path: Path)
         finally:
             for e in engines:
                 await e.dispose()
+
+
+async def test_under_load_the_writer_waits_one_loop_turn_for_more_records(store: UsageStore) -> None:
+    """After a large commit the writer lets one more loop turn's records join the next one; a lone request
+    (after a small commit) is written at once."""
+    recorder = UsageRecorder(store)
+    recorder.start()
+    now = time.time()
+
+    async def after_turns(i: int, turns: int) -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await recorder.record(rec(i, now))
+
+    await recorder.record(rec(0, now))  # quiet: a commit of one
+    quiet = recorder.batches
+    await asyncio.gather(after_turns(1, 0), after_turns(2, 1))
+    assert recorder.batches == quiet + 2  # no lingering after a small commit: each went on its own
+
+    await asyncio.gather(*(recorder.record(rec(10 + i, now)) for i in range(10)))  # busy: a commit of ten
+    busy = recorder.batches
+    await asyncio.gather(after_turns(100, 0), after_turns(101, 1))
+    assert recorder.batches == busy + 1  # the second joined the first's commit
+    await recorder.close()
+    assert len(await store.by_request_ids([f"req-{i}" for i in (0, 1, 2, 100, 101)])) == 5

@@ -87,10 +87,21 @@ class SqliteBatchWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-usage")
         self._checkpoint_every = checkpoint_every
         self._since_checkpoint = 0
-        self.written_on_loop = 0  # batches, for tests and diagnostics
+        self.max_loop_batch = 500  # records per commit (about 6 ms of CPU)
+        self.written_on_loop = 0  # commits, for tests and diagnostics
         self.written_on_thread = 0
 
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
+        # A burst (thousands of streams ending together) makes a batch of thousands: written on the loop in
+        # one go it would stall every stream for tens of ms. Commits of at most ``max_loop_batch`` records,
+        # with a loop turn between them, bound the stall to a few ms.
+        step = self.max_loop_batch
+        for start in range(0, max(len(rows), len(audits)), step):
+            if start:
+                await asyncio.sleep(0)
+            await self._write_part(rows[start : start + step], audits[start : start + step])
+
+    async def _write_part(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         loop = asyncio.get_running_loop()
         db = self._loop_db
         if db is None:

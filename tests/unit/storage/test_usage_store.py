@@ -275,3 +275,37 @@ async def test_under_load_the_writer_waits_one_loop_turn_for_more_records(store:
     assert recorder.batches == busy + 1  # the second joined the first's commit
     await recorder.close()
     assert len(await store.by_request_ids([f"req-{i}" for i in (0, 1, 2, 100, 101)])) == 5
+
+
+async def test_a_burst_is_committed_in_parts_with_the_loop_running_between(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/usage.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    store = UsageStore(engine)
+    writer = store._writer
+    assert isinstance(writer, SqliteBatchWriter)
+    writer.max_loop_batch = 100
+    try:
+        now = time.time()
+        records = [rec(i, now) for i in range(350)]
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        start = ticks
+        await store.write([usage_row(r) for r in records], [request_audit(r) for r in records])
+        task.cancel()
+        assert writer.written_on_loop == 4  # 100 + 100 + 100 + 50
+        assert ticks - start >= 3  # the loop turned between the commits
+        assert len(await store.by_request_ids([f"req-{i}" for i in range(350)])) == 350
+        result = await store.verify_audit()
+        assert result.ok and result.records == 350
+    finally:
+        store.close()
+        await engine.dispose()

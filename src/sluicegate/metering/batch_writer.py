@@ -80,6 +80,8 @@ class SqliteBatchWriter:
     (a few MB of WAL under load; the hot index pages rewritten by many commits are copied once).
     """
 
+    max_in_flight = 1  # one writer at a time, and the loop's writes are synchronous anyway
+
     def __init__(self, path: str, *, checkpoint_every: int = 256) -> None:
         self._path = path
         self._loop_db: sqlite3.Connection | None = None
@@ -213,18 +215,53 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 class PostgresBatchWriter:
     """Batches on the asyncpg connection under a pooled SQLAlchemy connection, in one round trip.
 
-    The chain's head this process wrote last is remembered, so the audit hashes are computed before the
-    statement and the batch is one guarded statement. Only when another writer moved the head (or at the
-    first batch) does it take the slower path: a transaction that locks the head, reads it, and writes.
+    The chain's head this process expects next is remembered, so the audit hashes are computed before the
+    statement and the batch is one guarded statement. Two batches may be in flight: the second is chained
+    to the head the first will leave, and its guard waits on the head row's lock until the first commits.
+    Whenever a guess is wrong (another writer moved the head, a batch failed or arrived out of order), the
+    guarded statement writes nothing and that batch takes the slow path: a transaction that locks the head,
+    reads it and appends. Every append is either guarded or locked, so the chain stays whole.
     """
+
+    max_in_flight = 2
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._head: tuple[int, str] | None = None  # (seq, hash) after our last append
+        self._head: tuple[int, str] | None = None  # (seq, hash) the next batch is expected to follow
+        self._in_flight = 0
+        self._idle = asyncio.Event()
         self.fast_batches = 0  # for tests and diagnostics
         self.locked_batches = 0
 
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
+        while audits and self._head is None and self._in_flight:
+            await self._idle.wait()  # the head is unknown: let the writes in flight land, then read it
+        guess = self._head if audits else None
+        claim: tuple[list[tuple[Any, ...]], int, str] | None = None
+        if guess is not None:
+            # Claimed before the first await: a batch dispatched meanwhile chains to this one.
+            claim = chain(guess[0], guess[1], audits)
+            self._head = (claim[1], claim[2])
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._write(rows, audits, guess, claim)
+        except BaseException:
+            if audits:
+                self._head = None  # unknown now: the next batch reads it under the lock
+            raise
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _write(
+        self,
+        rows: Sequence[UsageRow],
+        audits: Sequence[AuditEntry],
+        guess: tuple[int, str] | None,
+        claim: tuple[list[tuple[Any, ...]], int, str] | None,
+    ) -> None:
         async with self._engine.connect() as conn:
             pooled = await conn.get_raw_connection()
             db: Any = pooled.driver_connection
@@ -232,14 +269,13 @@ class PostgresBatchWriter:
                 if rows:
                     await db.execute(_PG_USAGE_ONLY, *_columns(rows, len(USAGE_COLUMNS)))
                 return
-            if self._head is not None:
-                seq, prev = self._head
-                linked, new_seq, new_hash = chain(seq, prev, audits)
+            if guess is not None and claim is not None:
+                linked, new_seq, new_hash = claim
                 args = _columns(linked, len(AUDIT_COLUMNS)) + _columns(rows, len(USAGE_COLUMNS))
-                if await db.fetchval(_PG_BATCH, seq, prev, new_seq, new_hash, *args) == 1:
-                    self._head = (new_seq, new_hash)
+                if await db.fetchval(_PG_BATCH, guess[0], guess[1], new_seq, new_hash, *args) == 1:
                     self.fast_batches += 1
                     return
+                self._head = None  # the guess was wrong: later batches wait for this one to land
             async with db.transaction():
                 if rows:
                     await db.executemany(_PG_USAGE, rows)

@@ -74,23 +74,45 @@ class UsageRecorder:
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Commits in flight at once: 1 on SQLite (one writer); more on PostgreSQL, so the next batch is on
+        # its way while the previous one commits instead of every waiting request leaving the core idle.
+        slots = asyncio.Semaphore(self._store.max_in_flight)
+        writing: set[asyncio.Task[None]] = set()
         while not (self._closing and not self._pending):
             await self._wake.wait()
             if self._last_batch >= _LINGER_FROM and not self._closing:
                 # Under load, one more loop turn lets the requests finishing in it join this commit: fewer,
                 # larger commits for the same records. A lone request never waits for it.
                 await asyncio.sleep(0)
-            await self._flush()
+            await slots.acquire()
+            self._wake.clear()
+            if not self._pending:
+                slots.release()
+                continue
+            batch, self._pending = self._pending, []
+            self._last_batch = len(batch)
+            future, self._next = self._next, loop.create_future()
+            assert future is not None
+            if self._store.max_in_flight == 1:
+                await self._commit(batch, future, slots)
+            else:
+                task = loop.create_task(self._commit(batch, future, slots))
+                writing.add(task)
+                task.add_done_callback(writing.discard)
+        if writing:
+            await asyncio.gather(*writing)
 
-    async def _flush(self) -> None:
-        self._wake.clear()
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._last_batch = len(batch)
-        future, self._next = self._next, asyncio.get_running_loop().create_future()
-        assert future is not None
-        span = await self._write(batch)
+    async def _commit(
+        self,
+        batch: list[tuple[UsageRow | None, AuditEntry | None]],
+        future: asyncio.Future[tuple[float, float]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            span = await self._write(batch)
+        finally:
+            slots.release()
         if isinstance(span, BaseException):
             future.set_exception(span)
             future.exception()  # retrieved here too: no waiter may be left to see it

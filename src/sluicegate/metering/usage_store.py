@@ -92,6 +92,11 @@ class UsageStore:
         else:
             self._writer = PostgresBatchWriter(engine)
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many batches may be committing at once."""
+        return self._writer.max_in_flight
+
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         """One transaction for a whole batch: the group commit."""
         await self._writer.write(rows, audits)

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, inspect, text, update
@@ -309,3 +310,45 @@ async def test_a_burst_is_committed_in_parts_with_the_loop_running_between(tmp_p
     finally:
         store.close()
         await engine.dispose()
+
+
+async def test_postgres_pipelined_commits_keep_the_chain_whole(tmp_path: Path) -> None:
+    """Two batches commit at once on PostgreSQL; the second chains to the head the first leaves."""
+    with database_url("postgres", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            writer = store._writer
+            assert isinstance(writer, PostgresBatchWriter) and store.max_in_flight == 2
+            in_flight = peak = 0
+            write = writer.write
+
+            async def counted(rows: Any, audits: Any) -> None:  # instrumentation only: the real write runs
+                nonlocal in_flight, peak
+                in_flight += 1
+                peak = max(peak, in_flight)
+                try:
+                    await write(rows, audits)
+                finally:
+                    in_flight -= 1
+
+            writer.write = counted  # type: ignore[method-assign]
+            recorder = UsageRecorder(store)
+            recorder.start()
+            now = time.time()
+
+            async def wave(w: int) -> None:
+                await asyncio.sleep(0.001 * (w % 3))
+                await asyncio.gather(*(recorder.record(rec(w * 100 + i, now)) for i in range(20)))
+
+            await asyncio.gather(*(wave(w) for w in range(30)))
+            await recorder.close()
+            assert peak == 2  # batches did overlap, never more than two
+            assert writer.fast_batches > 0
+            result = await store.verify_audit()
+            assert result.ok and result.records == 600
+            ids = [f"req-{w * 100 + i}" for w in range(30) for i in range(20)]
+            assert len(await store.by_request_ids(ids)) == 600
+        finally:
+            await engine.dispose()

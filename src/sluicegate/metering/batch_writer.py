@@ -76,8 +76,9 @@ class SqliteBatchWriter:
     loop, a batch of 32 is ~0.5 ms of CPU, once. The loop must never wait for a lock, though: its
     connection has no busy timeout, and a batch that finds the lock taken (another process, a CLI
     command, an admin write in flight) goes to the thread's connection, which waits as long as it must.
-    Checkpoints, which fsync, run on that thread too, never on the loop: every ``checkpoint_every`` batches
-    (a few MB of WAL under load; the hot index pages rewritten by many commits are copied once).
+    Checkpoints, which fsync, run on that thread too, never on the loop: every ``checkpoint_every``-th batch
+    is written there followed by a checkpoint, with no other batch in between, so the checkpoint completes
+    and the WAL restarts (~20 MB of WAL under load; hot index pages rewritten by many commits copied once).
     """
 
     max_in_flight = 1  # one writer at a time, and the loop's writes are synchronous anyway
@@ -110,19 +111,24 @@ class SqliteBatchWriter:
             db = self._loop_db = self._connect(busy_timeout_ms=0)
             # This connection never checkpoints: a checkpoint fsyncs, which would stall the loop.
             db.execute("PRAGMA wal_autocheckpoint=0")
+        if self._since_checkpoint >= self._checkpoint_every:
+            # This batch and a checkpoint, on the thread, while no other batch is written: a checkpoint racing
+            # a writer never catches up with it, and a WAL that is never fully checkpointed never restarts
+            # (it grew without bound under steady load when the checkpoint ran beside the loop's writes).
+            self._since_checkpoint = 0
+            await loop.run_in_executor(self._thread, self._write_on_thread, rows, audits, True)
+            self.written_on_thread += 1
+            return
         try:
             _write_sqlite(db, rows, audits)
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
-            await loop.run_in_executor(self._thread, self._write_on_thread, rows, audits)
+            await loop.run_in_executor(self._thread, self._write_on_thread, rows, audits, False)
             self.written_on_thread += 1
             return
         self.written_on_loop += 1
         self._since_checkpoint += 1
-        if self._since_checkpoint >= self._checkpoint_every:
-            self._since_checkpoint = 0
-            loop.run_in_executor(self._thread, self._checkpoint).add_done_callback(_log_failure)
 
     def _connect(self, *, busy_timeout_ms: int) -> sqlite3.Connection:
         # isolation_level=None: the transaction in _write_sqlite is ours, not the module's implicit one.
@@ -136,12 +142,15 @@ class SqliteBatchWriter:
             self._thread_db = self._connect(busy_timeout_ms=30_000)
         return self._thread_db
 
-    def _write_on_thread(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
-        _write_sqlite(self._thread_conn(), rows, audits)
-
-    def _checkpoint(self) -> None:
-        # PASSIVE: copy what no reader still needs; never blocks writers or readers.
-        self._thread_conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def _write_on_thread(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry], checkpoint: bool) -> None:
+        db = self._thread_conn()
+        _write_sqlite(db, rows, audits)
+        if checkpoint:
+            try:
+                # PASSIVE: copy what no reader still needs; never waits for readers or other writers.
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the batch is committed; the next checkpoint tries again
+                log.warning("WAL checkpoint failed (the next one retries): %s", exc)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
@@ -149,11 +158,6 @@ class SqliteBatchWriter:
             if db is not None:
                 db.close()
         self._loop_db = self._thread_db = None
-
-
-def _log_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("WAL checkpoint failed (the next one retries): %s", done.exception())
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -169,7 +173,7 @@ def _write_sqlite(db: sqlite3.Connection, rows: Sequence[UsageRow], audits: Sequ
         if rows:
             db.executemany(_SQLITE_USAGE, rows)
         if audits:
-            seq, prev = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            ((seq, prev),) = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchall()
             linked, seq, prev = chain(int(seq), str(prev), audits)
             db.executemany(_SQLITE_AUDIT, linked)
             db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))

@@ -184,8 +184,9 @@ async def _db_file_size_after_40_batches(db: Path, checkpoint_every: int) -> int
         now = time.time()
         for i in range(40):
             await store.write([usage_row(rec(i, now))], [])
-        await asyncio.sleep(0.2)  # let a checkpoint in flight finish
-        assert store._writer.written_on_loop == 40
+        writer = store._writer
+        assert writer.written_on_loop + writer.written_on_thread == 40
+        assert writer.written_on_thread == (40 // (checkpoint_every + 1) if checkpoint_every < 40 else 0)
         # Pages reach the database file itself only through a checkpoint.
         return db.stat().st_size
     finally:
@@ -198,6 +199,27 @@ async def test_sqlite_checkpoints_run_off_the_loop(tmp_path: Path) -> None:
     never = await _db_file_size_after_40_batches(tmp_path / "never.db", checkpoint_every=10**9)
     often = await _db_file_size_after_40_batches(tmp_path / "often.db", checkpoint_every=5)
     assert often > never, (often, never)
+
+
+async def test_sqlite_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
+    """Batches back to back, never a pause: checkpoints still complete, so the WAL restarts instead of growing."""
+    db = tmp_path / "usage.db"
+    engine = create_engine(f"sqlite:///{db}")
+    await migrate(engine)
+    store = UsageStore(engine)
+    assert isinstance(store._writer, SqliteBatchWriter)
+    store._writer._checkpoint_every = 20
+    try:
+        now = time.time()
+        batch = [rec(i, now) for i in range(24)]
+        rows, audits = [usage_row(r) for r in batch], [request_audit(r) for r in batch]
+        for _ in range(600):  # ~600 commits x ~15 pages: ~36 MB of WAL if it never restarted
+            await store.write(rows, audits)
+        wal = Path(f"{db}-wal").stat().st_size
+        assert wal < 8_000_000, wal  # about 20 commits' worth, reused
+    finally:
+        store.close()
+        await engine.dispose()
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite", "postgres"])

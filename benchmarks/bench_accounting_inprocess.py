@@ -7,6 +7,7 @@ concurrent simulated requests run ``before`` → one loop turn → ``after`` thr
 the real store, and the process CPU per request is reported with the chain off and on, alternating.
 
     .venv/bin/python benchmarks/bench_accounting_inprocess.py            # 64 concurrent, 300 each, 3 pairs
+    .venv/bin/python benchmarks/bench_accounting_inprocess.py --pg-url postgresql://root@127.0.0.1:5432/test
     taskset -c 1 .venv/bin/python benchmarks/bench_accounting_inprocess.py --concurrency 16
 """
 
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import secrets
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -55,12 +57,20 @@ async def _no_spend(scope: str, ident: str, start: float) -> int:
     return 0
 
 
-async def run(accounting: bool, concurrency: int, per_worker: int) -> tuple[float, float]:
-    """(process CPU µs per request, requests per commit) for one configuration on a fresh SQLite store."""
+async def run(accounting: bool, concurrency: int, per_worker: int, pg_url: str | None) -> tuple[float, float]:
+    """(process CPU µs per request, requests per commit) for one configuration on a fresh store.
+
+    The store is SQLite in a temporary directory, or a fresh schema of ``pg_url`` (dropped afterwards).
+    """
     request = parse_chat_request(orjson.dumps(BODY))
     model = ModelConfig.model_validate(MODEL)
+    schema = "sg_bench_inprocess_" + secrets.token_hex(4)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        if pg_url:
+            subprocess.run(["psql", pg_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE SCHEMA {schema}"], check=True)
+            engine = create_engine(f"{pg_url}?search_path={schema}")
+        else:
+            engine = create_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
         await migrate(engine)
         store = UsageStore(engine)
         recorder = UsageRecorder(store)
@@ -100,8 +110,10 @@ async def run(accounting: bool, concurrency: int, per_worker: int) -> tuple[floa
         cpu = time.process_time() - cpu
         per_commit = (recorder.records - records) / max(1, recorder.batches - batches)
         await recorder.close()
-        store.close()
+        await store.close()
         await engine.dispose()
+        if pg_url:
+            subprocess.run(["psql", pg_url, "-qc", f"DROP SCHEMA {schema} CASCADE"], check=True, capture_output=True)
     return cpu / (concurrency * per_worker) * 1e6, per_commit
 
 
@@ -110,12 +122,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--per-worker", type=int, default=300)
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--pg-url", default=None, help="measure on PostgreSQL (a fresh schema) instead of SQLite")
     a = ap.parse_args()
     off: list[float] = []
     on: list[float] = []
     for _ in range(a.pairs):
         for accounting, out in ((False, off), (True, on)):
-            us, per_commit = uvloop.run(run(accounting, a.concurrency, a.per_worker))
+            us, per_commit = uvloop.run(run(accounting, a.concurrency, a.per_worker, a.pg_url))
             out.append(us)
             label = "on " if accounting else "off"
             print(

@@ -109,7 +109,7 @@ class Gateway:
         await self.bus.aclose()
         if self.redis is not None:
             await self.redis.aclose()
-        self.usage.close()
+        await self.usage.close()
         if self.engine is not None:
             await self.engine.dispose()
 

@@ -101,8 +101,9 @@ class UsageStore:
         """One transaction for a whole batch: the group commit."""
         await self._writer.write(rows, audits)
 
-    def close(self) -> None:
-        self._writer.close()
+    async def close(self) -> None:
+        """Release the writer's connections (the engine is the caller's to dispose)."""
+        await self._writer.close()
 
     async def by_request_ids(self, request_ids: Sequence[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from fnmatch import fnmatchcase
 
 from ..errors import ModelAccessDenied
@@ -21,5 +22,8 @@ def check_model_access(principal: Principal, model_id: str) -> None:
         raise ModelAccessDenied(f"This API key may not use the model '{model_id}'", param="model")
 
 
+@functools.lru_cache(maxsize=4096)
 def _matches(patterns: tuple[str, ...], model_id: str) -> bool:
+    # Cached: the same few (patterns, model) pairs recur on every request, and fnmatch translates a
+    # pattern through its own cache each call (~2 µs per check, twice per request).
     return any(p == model_id or fnmatchcase(model_id, p) for p in patterns)

@@ -35,7 +35,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         try:
             yield store
         finally:
-            store.close()
+            await store.close()
             await engine.dispose()
 
 
@@ -72,6 +72,26 @@ async def test_group_commit_writes_everything_in_few_transactions(store: UsageSt
     assert rows[0]["attempts"][0]["deployment"] == "openai/up" and rows[0]["cost_micro"] == 100
     result = await store.verify_audit()
     assert result.ok and result.records == 200
+
+
+async def test_every_value_comes_back_as_written(store: UsageStore) -> None:
+    """Floats bit for bit, booleans, NULLs, quotes, backslashes and non-ASCII text, through either writer
+    (PostgreSQL's travels as one JSON document per batch)."""
+    r = rec(7, 1764288000.123456789)
+    r.user = 'o\'brien "q" \\ 名前 🚀'
+    r.partial, r.latency_ms, r.ttft_ms = True, 1234.5678, None
+    r.usage = Usage(prompt_tokens=2**31 - 1, completion_tokens=0, estimated=True)
+    r.cost_micro = 2**62
+    await store.write([usage_row(r)], [request_audit(r)])
+    (row,) = await store.by_request_ids(["req-7"])
+    assert row["created_at"] == 1764288000.123456789 and row["day"] == "2025-11-28"
+    assert row["user_field"] == r.user and row["partial"] is True and row["estimated"] is True
+    assert row["stream"] is True and row["ttft_ms"] is None and row["latency_ms"] == 1234.568
+    assert row["prompt_tokens"] == 2**31 - 1 and row["cost_micro"] == 2**62
+    assert row["attempts"] == [
+        {"model": "m1", "deployment": "openai/up", "ok": True, "error_code": None, "status": None, "latency_ms": 3.0}
+    ]
+    assert (await store.verify_audit()).ok
 
 
 async def test_audit_verify_detects_edit_delete_and_truncation(store: UsageStore) -> None:
@@ -170,7 +190,7 @@ async def test_sqlite_batch_never_blocks_the_loop_on_a_held_write_lock(tmp_path:
         await store.write([usage_row(rec(3, now))], [])  # the lock is free again: back on the loop
         assert writer.written_on_loop == 2
     finally:
-        store.close()
+        await store.close()
         await engine.dispose()
 
 
@@ -190,7 +210,7 @@ async def _db_file_size_after_40_batches(db: Path, checkpoint_every: int) -> int
         # Pages reach the database file itself only through a checkpoint.
         return db.stat().st_size
     finally:
-        store.close()
+        await store.close()
         await engine.dispose()
 
 
@@ -218,7 +238,7 @@ async def test_sqlite_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> N
         wal = Path(f"{db}-wal").stat().st_size
         assert wal < 8_000_000, wal  # about 20 commits' worth, reused
     finally:
-        store.close()
+        await store.close()
         await engine.dispose()
 
 
@@ -270,6 +290,8 @@ async def test_postgres_writers_on_two_replicas_extend_one_chain(tmp_path: Path)
             result = await stores[0].verify_audit()
             assert result.ok and result.records == n
             assert len(await stores[1].by_request_ids([f"req-{i}" for i in range(n)])) == n
+            for s in stores:
+                await s.close()
         finally:
             for e in engines:
                 await e.dispose()
@@ -330,7 +352,7 @@ async def test_a_burst_is_committed_in_parts_with_the_loop_running_between(tmp_p
         result = await store.verify_audit()
         assert result.ok and result.records == 350
     finally:
-        store.close()
+        await store.close()
         await engine.dispose()
 
 
@@ -372,5 +394,37 @@ async def test_postgres_pipelined_commits_keep_the_chain_whole(tmp_path: Path) -
             assert result.ok and result.records == 600
             ids = [f"req-{w * 100 + i}" for w in range(30) for i in range(20)]
             assert len(await store.by_request_ids(ids)) == 600
+            await store.close()
+        finally:
+            await engine.dispose()
+
+
+async def test_postgres_writer_replaces_a_connection_the_server_dropped(tmp_path: Path) -> None:
+    """The writer keeps its connections between batches; one the server killed is thrown away and the
+    recorder's retry lands the batch on a new one: no record lost, the chain whole."""
+    with database_url("postgres", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            writer = store._writer
+            assert isinstance(writer, PostgresBatchWriter)
+            recorder = UsageRecorder(store)
+            recorder.start()
+            now = time.time()
+            await recorder.record(rec(0, now))
+            ((_, db),) = writer._spare
+            pid = db.get_server_pid()
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar()
+            await recorder.record(rec(1, now))
+            await recorder.close()
+            assert recorder.failures == 0
+            ((_, db),) = writer._spare
+            assert db.get_server_pid() != pid
+            assert len(await store.by_request_ids(["req-0", "req-1"])) == 2
+            result = await store.verify_audit()
+            assert result.ok and result.records == 2
+            await store.close()
         finally:
             await engine.dispose()

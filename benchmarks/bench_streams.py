@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_streams.py                       # 5,000 streams, 1 repetition
     .venv/bin/python benchmarks/bench_streams.py --streams 2000 --reps 2
     .venv/bin/python benchmarks/bench_streams.py --litellm-bin /tmp/litellm-venv/bin/litellm   # + LiteLLM
+    .venv/bin/python benchmarks/bench_streams.py --nginx          # + nginx relaying the same streams (reference)
 
 Starts the shared kit's mock upstream (``/work/shared/bench/mock_upstream.py --chunks 20 --chunk-delay-ms 200``)
 and ``sluicegate serve --workers 1`` in front of it (SQLite store, metering, audit and metrics on: the defaults),
@@ -148,10 +149,26 @@ def start_litellm(out: Path, binary: str, mock_url: str) -> tuple[Any, str, int]
     return proc, f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid
 
 
+def start_nginx(out: Path, mock_url: str) -> tuple[Any, str, int]:
+    """nginx as a bare reverse proxy (the shared kit's nginx.conf.in: 1 worker, no buffering, upstream
+    keep-alive), with room for 5,000 client and 5,000 upstream connections: what relaying alone costs."""
+    port = free_port()
+    d = out / "nginx"
+    d.mkdir(exist_ok=True)
+    conf = (KIT / "nginx.conf.in").read_text()
+    conf = conf.replace("@PORT@", str(port)).replace("@UPSTREAM@", mock_url.removeprefix("http://"))
+    conf = conf.replace("worker_connections 4096;", "worker_connections 16384;")
+    conf = conf.replace("worker_processes 1;", "worker_processes 1;\nworker_rlimit_nofile 20000;")
+    (d / "nginx.conf").write_text(conf)
+    proc = spawn(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"], d / "server.log")
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid
+
+
 async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"args": vars(a), "machine": machine(), "nofile": raise_nofile()}
     mock, mock_url = start_mock(out, CHUNKS, DELAY_MS)
-    gw = litellm = None
+    gw = litellm = nginx = None
     try:
         gw = start_gateway(out, gateway_config(mock_url + "/v1"))
         report["gateway_rss_kb_fresh"] = rss_kb(gw.pid)
@@ -159,6 +176,9 @@ async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
             ("direct", mock_url + "/v1/chat/completions", None),
             ("sluicegate", gw.chat_url, gw.pid),
         ]
+        if a.nginx:
+            nginx, nurl, npid = start_nginx(out, mock_url)
+            candidates.append(("nginx", nurl, npid))
         if a.litellm_bin:
             litellm, lurl, lpid = start_litellm(out, a.litellm_bin, mock_url)
             candidates.append(("litellm-prod", lurl, lpid))
@@ -204,13 +224,14 @@ async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                 await asyncio.sleep(2)
         report["runs"] = runs
         direct = [r for r in runs if r["candidate"] == "direct"]
-        for name in ("sluicegate", "litellm-prod"):
+        for name in ("sluicegate", "nginx", "litellm-prod"):
             mine = [r for r in runs if r["candidate"] == name]
             if mine:
                 report[f"p99_ratio_{name}"] = [
                     round(m["total_ms"][99] / d["total_ms"][99], 3) for m, d in zip(mine, direct, strict=False)
                 ]
     finally:
+        stop(nginx)
         stop(litellm)
         if gw is not None:
             stop(gw.proc)
@@ -247,7 +268,7 @@ def write_summary(out: Path, report: dict[str, Any], command: str) -> str:
             f"{r['error_kinds'] or ''} | {r['peak_open']} | {t[50]:,.0f} / {t[99]:,.0f} / {t['max']:,.0f} "
             f"| {f[50]:,.0f} / {f[99]:,.0f} | — | — | — | — |"
         )
-    for name in ("sluicegate", "litellm-prod"):
+    for name in ("sluicegate", "nginx", "litellm-prod"):
         if f"p99_ratio_{name}" in report:
             lines.append(
                 f"\np99 stream time ÷ direct, {name}: {report[f'p99_ratio_{name}']} (target ≤ 1.2 for sluicegate)"
@@ -265,6 +286,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300, help="streams per candidate before the idle baseline")
     ap.add_argument("--litellm-bin", default=None, help="also run LiteLLM (config_prod of the shared kit)")
     ap.add_argument("--litellm-streams", type=int, default=0, help="streams for LiteLLM (default: --streams)")
+    ap.add_argument("--nginx", action="store_true", help="also relay the streams through nginx (reference)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = results_dir("streams", a.out)

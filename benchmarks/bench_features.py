@@ -176,6 +176,25 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def postgres_cpu_seconds() -> float:
+    """utime + stime of every live PostgreSQL server process on this machine (its backends included).
+
+    The database shares the machine's two cores with the gateway and the harness; this says how much of them
+    it took during a measurement (everything else using the server is counted too: keep the machine quiet).
+    """
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" not in text:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def run_wait(pid: int) -> float:
     """Seconds the gateway's main (event-loop) thread spent runnable but waiting for a CPU: scheduler noise."""
     try:
@@ -271,6 +290,7 @@ def set_mock(mock_port: int, cfg: dict[str, Any]) -> None:
 
 
 def measure(a: argparse.Namespace, gw: Gateway, scenario: str, duration: float) -> dict[str, Any]:
+    pg0 = postgres_cpu_seconds() if gw.name == "accounting-pg" else 0.0
     cpu0, wait0, t0 = cpu_seconds(gw.pid), run_wait(gw.pid), time.perf_counter()
     if scenario == "ns_c64":
         r = wrk(a, gw, 64, duration)
@@ -286,9 +306,13 @@ def measure(a: argparse.Namespace, gw: Gateway, scenario: str, duration: float) 
     cpu, wait = cpu_seconds(gw.pid) - cpu0, run_wait(gw.pid) - wait0
     rec: dict[str, Any] = {"variant": gw.name, "scenario": scenario, "cpu_s": cpu, "wait_s": wait, "wall_s": wall}
     rec["busy"] = cpu / wall
+    if gw.name == "accounting-pg":
+        rec["db_cpu_s"] = postgres_cpu_seconds() - pg0
     if scenario.startswith("ns"):
         rec.update(rps=r["rps"], lat_p50_ms=r["lat_p50_ms"], errors=r["errors"], n=r["requests"])
         rec["cpu_ms_per_req"] = cpu / r["requests"] * 1e3 if r["requests"] else None
+        if "db_cpu_s" in rec and r["requests"]:
+            rec["db_cpu_ms_per_req"] = rec["db_cpu_s"] / r["requests"] * 1e3
     else:
         rec.update(rps=r["rps"], chunks=r["chunks"], chunks_per_s=r["chunks_per_s"], ttfc_p50_ms=r["ttfc_ms_p50"])
         rec.update(errors=r["errors"], n=r["requests"])
@@ -353,7 +377,7 @@ FIGURES = [
 
 
 def values(raw: list[dict[str, Any]], variant: str, scenario: str, field: str) -> list[float]:
-    return [r[field] for r in raw if r["variant"] == variant and r["scenario"] == scenario and r[field] is not None]
+    return [r[field] for r in raw if r["variant"] == variant and r["scenario"] == scenario and r.get(field) is not None]
 
 
 def fmt(v: float | None) -> str:
@@ -400,6 +424,10 @@ def report(raw: list[dict[str, Any]], variants: list[str], scan: dict[str, Any] 
         wait = sum(r["wait_s"] for r in raw if r["variant"] == v)
         waits.append(f"{wait:.1f} s / {cpu:.1f} s")  # main thread wait / process-tree CPU
     lines.append("| gateway run-queue wait / CPU over the run | " + " | ".join(waits) + " |")
+    db = [values(raw, v, "ns_c64", "db_cpu_ms_per_req") for v in variants]
+    if any(db):
+        cells = [f"{fmt(statistics.median(xs))} ({fmt(min(xs))}-{fmt(max(xs))})" if xs else "—" for xs in db]
+        lines.append("| PostgreSQL server CPU ms / request, c=64 (same machine) | " + " | ".join(cells) + " |")
 
     # targets
     def ratio(v: str, key: str) -> float | None:

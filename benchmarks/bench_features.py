@@ -49,7 +49,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,37 @@ def postgres_cpu_seconds() -> float:
     return total / CLK_TCK
 
 
+def postgres_pids() -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if "(postgres)" in stat.read_text():
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@contextlib.contextmanager
+def postgres_pinned(cpus: str) -> Iterator[None]:
+    """Keep the machine's PostgreSQL server (postmaster, so every backend it forks, and its helpers) on ``cpus``
+    for the run, as if it ran on another host, then give each process its old affinity back."""
+    if not cpus:
+        yield
+        return
+    want = {int(c) for c in cpus.split(",")}
+    before: dict[int, set[int]] = {}
+    for pid in postgres_pids():
+        with contextlib.suppress(OSError):
+            before[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, want)
+    try:
+        yield
+    finally:
+        every_cpu = set(range(os.cpu_count() or 1))
+        for pid in postgres_pids():  # backends forked meanwhile had only the pinned set: give them every CPU
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, before.get(pid, every_cpu))
+
+
 def run_wait(pid: int) -> float:
     """Seconds the gateway's main (event-loop) thread spent runnable but waiting for a CPU: scheduler noise."""
     try:
@@ -227,7 +258,7 @@ class Gateway:
             env["SLUICEGATE_DATABASE_URL"] = pg_url
         self.env = env
         cmd = [a.gateway_bin, "serve", "--config", str(config), "--port", str(self.port), "--workers", "1"]
-        cmd += ["--log-level", "warning"]
+        cmd += ["--log-level", a.gateway_log_level]
         with (self.work / f"{self.name}.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 pinned(a.gateway_cpus, cmd), stdout=log, stderr=log, env=env, start_new_session=True
@@ -515,6 +546,13 @@ def main() -> None:
     parser.add_argument("--mock-port", type=int, default=18000)
     parser.add_argument("--gateway-cpus", default="1")
     parser.add_argument("--harness-cpus", default="0")
+    parser.add_argument("--gateway-log-level", default="warning", help="info: also the recorder's commit count at exit")
+    parser.add_argument(
+        "--db-cpus",
+        default="",
+        help="pin the PostgreSQL server to these CPUs for the run (e.g. 0: off the gateway's core, as if on "
+        "another host); default: leave it where the scheduler puts it",
+    )
     parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432/test")
     parser.add_argument("--scan-repeat", type=int, default=30)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/features-<stamp>)")
@@ -557,6 +595,8 @@ def main() -> None:
     raw: list[dict[str, Any]] = []
     started = time.time()
     load_start = os.getloadavg()
+    pinning = contextlib.ExitStack()
+    pinning.enter_context(postgres_pinned(a.db_cpus if "accounting-pg" in variants else ""))
     try:
         mock_cmd = [a.kit_python, str(KIT / "mock_upstream.py"), "--port", str(a.mock_port)]
         with (work / "mock.log").open("ab") as log:
@@ -624,6 +664,7 @@ def main() -> None:
             stop(proc)
         if pg_made:
             subprocess.run(["psql", a.pg_url, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], check=False)
+        pinning.close()
 
     scan = dlp_scan_100kb(a.scan_repeat) if "dlp" in variants else None
     meta = {
@@ -635,6 +676,7 @@ def main() -> None:
         "python": platform.python_version(),
         "argv": sys.argv,
         "loadavg_start": load_start,
+        "db_cpus": a.db_cpus,
         "loadavg_end": os.getloadavg(),
         "scan": scan,
     }

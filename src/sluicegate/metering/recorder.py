@@ -30,6 +30,7 @@ log = logging.getLogger("sluicegate.metering")
 
 _RETRIES = 3
 _LINGER_FROM = 8  # records in the previous commit from which the writer waits one loop turn before the next
+_PIPELINE_FROM = 8  # records waiting from which a second commit starts while one is in flight
 
 
 class UsageRecorder:
@@ -44,6 +45,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_batch = 0
+        self._in_flight = 0  # commits dispatched as tasks and not finished (stores with max_in_flight > 1)
         self.batches = 0
         self.records = 0  # rows and audit entries written: records / batches is the group commit's yield
         self.failures = 0
@@ -85,6 +87,13 @@ class UsageRecorder:
                 # Under load, one more loop turn lets the requests finishing in it join this commit: fewer,
                 # larger commits for the same records. A lone request never waits for it.
                 await asyncio.sleep(0)
+            if self._in_flight and len(self._pending) < _PIPELINE_FROM and not self._closing:
+                # A commit is on its way and only a few records wait: they join the next commit when it lands
+                # (or when enough arrive) instead of paying a commit's fixed cost each. Measured on PostgreSQL at
+                # c=64: two commits in flight for every record or two left the core idle 4-6 % and cost ~0.1 ms
+                # of CPU per request in per-commit overhead.
+                self._wake.clear()
+                continue
             await slots.acquire()
             self._wake.clear()
             if not self._pending:
@@ -97,6 +106,7 @@ class UsageRecorder:
             if self._store.max_in_flight == 1:
                 await self._commit(batch, future, slots)
             else:
+                self._in_flight += 1
                 task = loop.create_task(self._commit(batch, future, slots))
                 writing.add(task)
                 task.add_done_callback(writing.discard)
@@ -113,6 +123,9 @@ class UsageRecorder:
             span = await self._write(batch)
         finally:
             slots.release()
+            if self._store.max_in_flight > 1:
+                self._in_flight -= 1
+                self._wake.set()  # records held back for this commit to land may go now
         if isinstance(span, BaseException):
             future.set_exception(span)
             future.exception()  # retrieved here too: no waiter may be left to see it

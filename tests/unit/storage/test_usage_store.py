@@ -428,3 +428,88 @@ async def test_postgres_writer_replaces_a_connection_the_server_dropped(tmp_path
             await store.close()
         finally:
             await engine.dispose()
+
+
+async def test_postgres_batch_that_overtakes_the_one_it_chains_to_waits_for_it_and_retries(tmp_path: Path) -> None:
+    """Two commits in flight run on two connections; when the second one's statement reaches the server first,
+    its guard fails, and it retries once the first has landed instead of taking the locked path."""
+    with database_url("postgres", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            writer = store._writer
+            assert isinstance(writer, PostgresBatchWriter)
+            now = time.time()
+            first = rec(0, now)
+            await store.write([usage_row(first)], [request_audit(first)])  # reads the head: the locked path
+            assert (writer.locked_batches, writer.fast_batches) == (1, 0)
+            write_on = writer._write_on
+            calls = 0
+
+            async def first_one_late(*args: Any) -> bool:  # timing only: the real statements run
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    await asyncio.sleep(0.2)  # the first batch's statement reaches the server after the second's
+                return await write_on(*args)
+
+            writer._write_on = first_one_late  # type: ignore[method-assign]
+            a, b = [rec(1, now), rec(2, now)], [rec(3, now)]
+            await asyncio.gather(
+                store.write([usage_row(r) for r in a], [request_audit(r) for r in a]),
+                store.write([usage_row(r) for r in b], [request_audit(r) for r in b]),
+            )
+            assert (writer.locked_batches, writer.fast_batches, writer.retried_batches) == (1, 2, 1)
+            result = await store.verify_audit()
+            assert result.ok and result.records == 4
+            assert len(await store.by_request_ids([f"req-{i}" for i in range(4)])) == 4
+            await store.close()
+        finally:
+            await engine.dispose()
+
+
+async def test_postgres_second_commit_starts_only_for_enough_waiting_records(tmp_path: Path) -> None:
+    """While one commit is in flight, a few waiting records join the next commit after it lands (a commit's
+    fixed cost is not paid per record); a backlog of eight or more starts the second commit at once."""
+    with database_url("postgres", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            writer = store._writer
+            assert isinstance(writer, PostgresBatchWriter)
+            write = writer.write
+            in_flight = peak = 0
+            sizes: list[int] = []
+
+            async def slow(rows: Any, audits: Any) -> None:  # timing only: the real write runs
+                nonlocal in_flight, peak
+                in_flight += 1
+                peak = max(peak, in_flight)
+                sizes.append(len(rows))
+                try:
+                    await asyncio.sleep(0.1)
+                    await write(rows, audits)
+                finally:
+                    in_flight -= 1
+
+            writer.write = slow  # type: ignore[method-assign]
+            recorder = UsageRecorder(store)
+            recorder.start()
+            now = time.time()
+
+            async def later(i: int, delay: float) -> None:
+                await asyncio.sleep(delay)
+                await recorder.record(rec(i, now))
+
+            await asyncio.gather(later(0, 0), *(later(i, 0.01 * i) for i in range(1, 4)))
+            assert sizes == [1, 3] and peak == 1  # three stragglers waited for the first commit, then went together
+            sizes.clear()
+            await asyncio.gather(later(10, 0), *(later(11 + i, 0.02) for i in range(9)))
+            assert sizes == [1, 9] and peak == 2  # a backlog of nine did not wait
+            await recorder.close()
+            assert (await store.verify_audit()).ok
+            await store.close()
+        finally:
+            await engine.dispose()

@@ -226,14 +226,15 @@ def _json(rows: Sequence[tuple[Any, ...]]) -> str:
 
 
 class PostgresBatchWriter:
-    """Batches on the asyncpg connection under a pooled SQLAlchemy connection, in one round trip.
+    """Batches on asyncpg connections it keeps checked out of the engine's pool, in one round trip.
 
     The chain's head this process expects next is remembered, so the audit hashes are computed before the
     statement and the batch is one guarded statement. Two batches may be in flight: the second is chained
     to the head the first will leave, and its guard waits on the head row's lock until the first commits.
-    Whenever a guess is wrong (another writer moved the head, a batch failed or arrived out of order), the
-    guarded statement writes nothing and that batch takes the slow path: a transaction that locks the head,
-    reads it and appends. Every append is either guarded or locked, so the chain stays whole.
+    When its statement reaches the server before the first's, its guard writes nothing; it waits for the
+    first to land and tries once more. Whenever a guess is wrong otherwise (another writer moved the head, a
+    batch failed), the guarded statement writes nothing and that batch takes the slow path: a transaction that
+    locks the head, reads it and appends. Every append is either guarded or locked, so the chain stays whole.
     """
 
     max_in_flight = 2

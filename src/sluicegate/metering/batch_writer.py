@@ -6,7 +6,7 @@ processing (measured: 43 µs per request through SQLAlchemy Core against 25 µs 
 on SQLite, one JSON array of rows per table on PostgreSQL. Reads, reports, rollups, migrations stay on SQLAlchemy.
 
 SQLite: ``sqlite3`` connections of our own (``SqliteBatchWriter`` says which thread writes). PostgreSQL:
-the asyncpg connection under a pooled SQLAlchemy connection; a batch is one statement when it can be.
+asyncpg connections the writer keeps checked out of the engine's pool; a batch is one statement when it can be.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -251,7 +251,7 @@ class PostgresBatchWriter:
         self._landing: asyncio.Future[bool] | None = None  # whether the last claimed batch landed on its claim
         self.fast_batches = 0  # for tests and diagnostics
         self.locked_batches = 0
-        self.retried_batches = 0  # fast after waiting for the batch before them (see ``_write_on``)
+        self.retried_batches = 0  # fast after waiting for the batch before them (see ``_write``)
 
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         while audits and self._head is None and self._in_flight:
@@ -283,21 +283,16 @@ class PostgresBatchWriter:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _write(
-        self,
-        rows: Sequence[UsageRow],
-        audits: Sequence[AuditEntry],
-        guess: tuple[int, str] | None,
-        claim: tuple[list[tuple[Any, ...]], int, str] | None,
-        prior: asyncio.Future[bool] | None,
-    ) -> bool:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """One of the asyncpg connections this writer keeps; one that failed is thrown away, not kept."""
         if self._spare:
             held = self._spare.pop()
         else:
             conn = await self._engine.connect()
             held = (conn, (await conn.get_raw_connection()).driver_connection)
         try:
-            landed = await self._write_on(held[1], rows, audits, guess, claim, prior)
+            yield held[1]
         except BaseException:
             # Broken, cancelled mid-statement or refused: whatever state it is in, it is not reused.
             with contextlib.suppress(Exception):
@@ -306,11 +301,9 @@ class PostgresBatchWriter:
                 await held[0].close()
             raise
         self._spare.append(held)
-        return landed
 
-    async def _write_on(
+    async def _write(
         self,
-        db: Any,
         rows: Sequence[UsageRow],
         audits: Sequence[AuditEntry],
         guess: tuple[int, str] | None,
@@ -318,34 +311,35 @@ class PostgresBatchWriter:
         prior: asyncio.Future[bool] | None,
     ) -> bool:
         """Write the batch; True when it landed on the head it claimed (the next batch's guess holds)."""
-        if not audits:
-            if rows:
-                await db.execute(_PG_USAGE_ONLY, _json(rows))
-            return False
-        if guess is not None and claim is not None:
-            linked, new_seq, new_hash = claim
-            args = (guess[0], guess[1], new_seq, new_hash, _json(linked), _json(rows))
-            if await db.fetchval(_PG_BATCH, *args) == 1:
-                self.fast_batches += 1
-                return True
-            # Two connections: this batch's statement may have run before that of the batch it chains to. Once
-            # that one landed, the head is the one expected: one more round trip, not the locked path's four.
-            if prior is not None and await prior and await db.fetchval(_PG_BATCH, *args) == 1:
-                self.fast_batches += 1
-                self.retried_batches += 1
-                return True
-            self._head = None  # the guess was wrong: later batches wait for this one to land
-        async with db.transaction():
-            if rows:
-                await db.execute(_PG_USAGE_ONLY, _json(rows))
-            # FOR UPDATE: replicas appending at the same time extend the one chain in turn.
-            head = await db.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            linked, seq, prev = chain(int(head["seq"]), str(head["hash"]), audits)
-            await db.execute(_PG_AUDIT_ONLY, _json(linked))
-            await db.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
-        self._head = (seq, prev)
-        self.locked_batches += 1
-        return False  # chained to the head it read, not to its claim: a batch that guessed from the claim is wrong
+        async with self._connection() as db:
+            if not audits:
+                if rows:
+                    await db.execute(_PG_USAGE_ONLY, _json(rows))
+                return False
+            if guess is not None and claim is not None:
+                linked, new_seq, new_hash = claim
+                args = (guess[0], guess[1], new_seq, new_hash, _json(linked), _json(rows))
+                if await db.fetchval(_PG_BATCH, *args) == 1:
+                    self.fast_batches += 1
+                    return True
+                # Two connections: this batch's statement may have run before that of the batch it chains to. Once
+                # that one landed, the head is the one expected: one more round trip, not the locked path's four.
+                if prior is not None and await prior and await db.fetchval(_PG_BATCH, *args) == 1:
+                    self.fast_batches += 1
+                    self.retried_batches += 1
+                    return True
+                self._head = None  # the guess was wrong: later batches wait for this one to land
+            async with db.transaction():
+                if rows:
+                    await db.execute(_PG_USAGE_ONLY, _json(rows))
+                # FOR UPDATE: replicas appending at the same time extend the one chain in turn.
+                head = await db.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+                linked, seq, prev = chain(int(head["seq"]), str(head["hash"]), audits)
+                await db.execute(_PG_AUDIT_ONLY, _json(linked))
+                await db.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
+            self._head = (seq, prev)
+            self.locked_batches += 1
+            return False  # chained to the head it read, not to its claim: a batch that guessed from the claim is wrong
 
     async def close(self) -> None:
         while self._spare:

@@ -45,7 +45,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_batch = 0
-        self._in_flight = 0  # commits dispatched as tasks and not finished (stores with max_in_flight > 1)
+        self._in_flight = 0  # commits begun and not finished
         self.batches = 0
         self.records = 0  # rows and audit entries written: records / batches is the group commit's yield
         self.failures = 0
@@ -103,10 +103,10 @@ class UsageRecorder:
             self._last_batch = len(batch)
             future, self._next = self._next, loop.create_future()
             assert future is not None
+            self._in_flight += 1
             if self._store.max_in_flight == 1:
                 await self._commit(batch, future, slots)
             else:
-                self._in_flight += 1
                 task = loop.create_task(self._commit(batch, future, slots))
                 writing.add(task)
                 task.add_done_callback(writing.discard)
@@ -123,9 +123,8 @@ class UsageRecorder:
             span = await self._write(batch)
         finally:
             slots.release()
-            if self._store.max_in_flight > 1:
-                self._in_flight -= 1
-                self._wake.set()  # records held back for this commit to land may go now
+            self._in_flight -= 1
+            self._wake.set()  # records held back for this commit to land may go now
         if isinstance(span, BaseException):
             future.set_exception(span)
             future.exception()  # retrieved here too: no waiter may be left to see it

@@ -356,160 +356,146 @@ async def test_a_burst_is_committed_in_parts_with_the_loop_running_between(tmp_p
         await engine.dispose()
 
 
-async def test_postgres_pipelined_commits_keep_the_chain_whole(tmp_path: Path) -> None:
-    """Two batches commit at once on PostgreSQL; the second chains to the head the first leaves."""
+@pytest.fixture
+async def pg_store(tmp_path: Path) -> AsyncIterator[tuple[UsageStore, PostgresBatchWriter]]:
     with database_url("postgres", tmp_path) as url:
         engine = create_engine(url)
         try:
             await migrate(engine)
             store = UsageStore(engine)
-            writer = store._writer
-            assert isinstance(writer, PostgresBatchWriter) and store.max_in_flight == 2
-            in_flight = peak = 0
-            write = writer.write
-
-            async def counted(rows: Any, audits: Any) -> None:  # instrumentation only: the real write runs
-                nonlocal in_flight, peak
-                in_flight += 1
-                peak = max(peak, in_flight)
-                try:
-                    await write(rows, audits)
-                finally:
-                    in_flight -= 1
-
-            writer.write = counted  # type: ignore[method-assign]
-            recorder = UsageRecorder(store)
-            recorder.start()
-            now = time.time()
-
-            async def wave(w: int) -> None:
-                await asyncio.sleep(0.001 * (w % 3))
-                await asyncio.gather(*(recorder.record(rec(w * 100 + i, now)) for i in range(20)))
-
-            await asyncio.gather(*(wave(w) for w in range(30)))
-            await recorder.close()
-            assert peak == 2  # batches did overlap, never more than two
-            assert writer.fast_batches > 0
-            result = await store.verify_audit()
-            assert result.ok and result.records == 600
-            ids = [f"req-{w * 100 + i}" for w in range(30) for i in range(20)]
-            assert len(await store.by_request_ids(ids)) == 600
+            assert isinstance(store._writer, PostgresBatchWriter)
+            yield store, store._writer
             await store.close()
         finally:
             await engine.dispose()
 
 
-async def test_postgres_writer_replaces_a_connection_the_server_dropped(tmp_path: Path) -> None:
+class WritesInFlight:
+    """Wraps a writer's ``write`` to count the batches in flight and their sizes, optionally delaying each;
+    instrumentation only: the real write runs."""
+
+    def __init__(self, writer: PostgresBatchWriter, delay: float = 0.0) -> None:
+        self.now = self.peak = 0
+        self.sizes: list[int] = []
+        self._write = writer.write
+        self._delay = delay
+        writer.write = self  # type: ignore[method-assign]
+
+    async def __call__(self, rows: Any, audits: Any) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        self.sizes.append(len(rows))
+        try:
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            await self._write(rows, audits)
+        finally:
+            self.now -= 1
+
+
+async def test_postgres_pipelined_commits_keep_the_chain_whole(
+    pg_store: tuple[UsageStore, PostgresBatchWriter],
+) -> None:
+    """Two batches commit at once on PostgreSQL; the second chains to the head the first leaves."""
+    store, writer = pg_store
+    assert store.max_in_flight == 2
+    writes = WritesInFlight(writer)
+    recorder = UsageRecorder(store)
+    recorder.start()
+    now = time.time()
+
+    async def wave(w: int) -> None:
+        await asyncio.sleep(0.001 * (w % 3))
+        await asyncio.gather(*(recorder.record(rec(w * 100 + i, now)) for i in range(20)))
+
+    await asyncio.gather(*(wave(w) for w in range(30)))
+    await recorder.close()
+    assert writes.peak == 2  # batches did overlap, never more than two
+    assert writer.fast_batches > 0
+    result = await store.verify_audit()
+    assert result.ok and result.records == 600
+    ids = [f"req-{w * 100 + i}" for w in range(30) for i in range(20)]
+    assert len(await store.by_request_ids(ids)) == 600
+
+
+async def test_postgres_writer_replaces_a_connection_the_server_dropped(
+    pg_store: tuple[UsageStore, PostgresBatchWriter],
+) -> None:
     """The writer keeps its connections between batches; one the server killed is thrown away and the
     recorder's retry lands the batch on a new one: no record lost, the chain whole."""
-    with database_url("postgres", tmp_path) as url:
-        engine = create_engine(url)
-        try:
-            await migrate(engine)
-            store = UsageStore(engine)
-            writer = store._writer
-            assert isinstance(writer, PostgresBatchWriter)
-            recorder = UsageRecorder(store)
-            recorder.start()
-            now = time.time()
-            await recorder.record(rec(0, now))
-            ((_, db),) = writer._spare
-            pid = db.get_server_pid()
-            async with engine.connect() as conn:
-                assert (await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar()
-            await recorder.record(rec(1, now))
-            await recorder.close()
-            assert recorder.failures == 0
-            ((_, db),) = writer._spare
-            assert db.get_server_pid() != pid
-            assert len(await store.by_request_ids(["req-0", "req-1"])) == 2
-            result = await store.verify_audit()
-            assert result.ok and result.records == 2
-            await store.close()
-        finally:
-            await engine.dispose()
+    store, writer = pg_store
+    recorder = UsageRecorder(store)
+    recorder.start()
+    now = time.time()
+    await recorder.record(rec(0, now))
+    ((conn, db),) = writer._spare
+    pid = db.get_server_pid()
+    other = await conn.engine.connect()
+    try:
+        assert (await other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})).scalar()
+    finally:
+        await other.close()
+    await recorder.record(rec(1, now))
+    await recorder.close()
+    assert recorder.failures == 0
+    ((_, db),) = writer._spare
+    assert db.get_server_pid() != pid
+    assert len(await store.by_request_ids(["req-0", "req-1"])) == 2
+    result = await store.verify_audit()
+    assert result.ok and result.records == 2
 
 
-async def test_postgres_batch_that_overtakes_the_one_it_chains_to_waits_for_it_and_retries(tmp_path: Path) -> None:
+async def test_postgres_batch_that_overtakes_the_one_it_chains_to_waits_for_it_and_retries(
+    pg_store: tuple[UsageStore, PostgresBatchWriter],
+) -> None:
     """Two commits in flight run on two connections; when the second one's statement reaches the server first,
     its guard fails, and it retries once the first has landed instead of taking the locked path."""
-    with database_url("postgres", tmp_path) as url:
-        engine = create_engine(url)
-        try:
-            await migrate(engine)
-            store = UsageStore(engine)
-            writer = store._writer
-            assert isinstance(writer, PostgresBatchWriter)
-            now = time.time()
-            first = rec(0, now)
-            await store.write([usage_row(first)], [request_audit(first)])  # reads the head: the locked path
-            assert (writer.locked_batches, writer.fast_batches) == (1, 0)
-            write_on = writer._write_on
-            calls = 0
+    store, writer = pg_store
+    now = time.time()
+    first = rec(0, now)
+    await store.write([usage_row(first)], [request_audit(first)])  # reads the head: the locked path
+    assert (writer.locked_batches, writer.fast_batches) == (1, 0)
+    write = writer._write
+    calls = 0
 
-            async def first_one_late(*args: Any) -> bool:  # timing only: the real statements run
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    await asyncio.sleep(0.2)  # the first batch's statement reaches the server after the second's
-                return await write_on(*args)
+    async def first_one_late(*args: Any) -> bool:  # timing only: the real statements run
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.2)  # the first batch's statement reaches the server after the second's
+        return await write(*args)
 
-            writer._write_on = first_one_late  # type: ignore[method-assign]
-            a, b = [rec(1, now), rec(2, now)], [rec(3, now)]
-            await asyncio.gather(
-                store.write([usage_row(r) for r in a], [request_audit(r) for r in a]),
-                store.write([usage_row(r) for r in b], [request_audit(r) for r in b]),
-            )
-            assert (writer.locked_batches, writer.fast_batches, writer.retried_batches) == (1, 2, 1)
-            result = await store.verify_audit()
-            assert result.ok and result.records == 4
-            assert len(await store.by_request_ids([f"req-{i}" for i in range(4)])) == 4
-            await store.close()
-        finally:
-            await engine.dispose()
+    writer._write = first_one_late  # type: ignore[method-assign]
+    a, b = [rec(1, now), rec(2, now)], [rec(3, now)]
+    await asyncio.gather(
+        store.write([usage_row(r) for r in a], [request_audit(r) for r in a]),
+        store.write([usage_row(r) for r in b], [request_audit(r) for r in b]),
+    )
+    assert (writer.locked_batches, writer.fast_batches, writer.retried_batches) == (1, 2, 1)
+    result = await store.verify_audit()
+    assert result.ok and result.records == 4
+    assert len(await store.by_request_ids([f"req-{i}" for i in range(4)])) == 4
 
 
-async def test_postgres_second_commit_starts_only_for_enough_waiting_records(tmp_path: Path) -> None:
+async def test_postgres_second_commit_starts_only_for_enough_waiting_records(
+    pg_store: tuple[UsageStore, PostgresBatchWriter],
+) -> None:
     """While one commit is in flight, a few waiting records join the next commit after it lands (a commit's
     fixed cost is not paid per record); a backlog of eight or more starts the second commit at once."""
-    with database_url("postgres", tmp_path) as url:
-        engine = create_engine(url)
-        try:
-            await migrate(engine)
-            store = UsageStore(engine)
-            writer = store._writer
-            assert isinstance(writer, PostgresBatchWriter)
-            write = writer.write
-            in_flight = peak = 0
-            sizes: list[int] = []
+    store, writer = pg_store
+    writes = WritesInFlight(writer, delay=0.1)
+    recorder = UsageRecorder(store)
+    recorder.start()
+    now = time.time()
 
-            async def slow(rows: Any, audits: Any) -> None:  # timing only: the real write runs
-                nonlocal in_flight, peak
-                in_flight += 1
-                peak = max(peak, in_flight)
-                sizes.append(len(rows))
-                try:
-                    await asyncio.sleep(0.1)
-                    await write(rows, audits)
-                finally:
-                    in_flight -= 1
+    async def later(i: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await recorder.record(rec(i, now))
 
-            writer.write = slow  # type: ignore[method-assign]
-            recorder = UsageRecorder(store)
-            recorder.start()
-            now = time.time()
-
-            async def later(i: int, delay: float) -> None:
-                await asyncio.sleep(delay)
-                await recorder.record(rec(i, now))
-
-            await asyncio.gather(later(0, 0), *(later(i, 0.01 * i) for i in range(1, 4)))
-            assert sizes == [1, 3] and peak == 1  # three stragglers waited for the first commit, then went together
-            sizes.clear()
-            await asyncio.gather(later(10, 0), *(later(11 + i, 0.02) for i in range(9)))
-            assert sizes == [1, 9] and peak == 2  # a backlog of nine did not wait
-            await recorder.close()
-            assert (await store.verify_audit()).ok
-            await store.close()
-        finally:
-            await engine.dispose()
+    await asyncio.gather(later(0, 0), *(later(i, 0.01 * i) for i in range(1, 4)))
+    assert writes.sizes == [1, 3] and writes.peak == 1  # three stragglers waited for the first commit, then together
+    writes.sizes.clear()
+    await asyncio.gather(later(10, 0), *(later(11 + i, 0.02) for i in range(9)))
+    assert writes.sizes == [1, 9] and writes.peak == 2  # a backlog of nine did not wait
+    await recorder.close()
+    assert (await store.verify_audit()).ok

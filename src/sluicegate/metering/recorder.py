@@ -32,15 +32,19 @@ _RETRIES = 3
 _LINGER_FROM = 8  # records in the previous commit from which the writer waits one loop turn before the next
 _PIPELINE_FROM = 8  # records waiting from which a second commit starts while one is in flight
 
+# A queued record: its usage row, its audit entry, and the future its request waits on (the commit's span).
+_Pending = tuple[UsageRow | None, AuditEntry | None, "asyncio.Future[tuple[float, float]]"]
+
 
 class UsageRecorder:
     def __init__(self, store: UsageStore, *, max_pending: int = 10_000, audit_requests: bool = True) -> None:
         self._store = store
         self._audit_requests = audit_requests
         self._max_pending = max_pending
-        # Everything submitted since the last write began, and the one future all of it waits on.
-        self._pending: list[tuple[UsageRow | None, AuditEntry | None]] = []
-        self._next: asyncio.Future[tuple[float, float]] | None = None
+        # Everything submitted since the last write began, each with the future its request waits on.
+        self._pending: list[_Pending] = []
+        # Resolved when the batch now filling is written: what a caller waiting for room awaits.
+        self._next: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -63,17 +67,17 @@ class UsageRecorder:
         await self._submit(None, entry)
 
     async def _submit(self, row: UsageRow | None, entry: AuditEntry | None) -> tuple[float, float]:
+        assert self._next is not None, "the recorder is not started"
         while len(self._pending) >= self._max_pending:
             # Bounded: wait for the batch being filled to be written before adding more.
-            assert self._next is not None
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._next)
-        self._pending.append((row, entry))
-        future = self._next
-        assert future is not None, "the recorder is not started"
+        # A future of its own per record: a client that disconnects cancels only this one, never the batch's
+        # bookkeeping (what ``asyncio.shield`` on a shared future gave, at twice the loop callbacks).
+        done: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, entry, done))
         self._wake.set()
-        # Shielded: a client that disconnects must not cancel the bookkeeping of what it consumed.
-        return await asyncio.shield(future)
+        return await done
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,8 +119,8 @@ class UsageRecorder:
 
     async def _commit(
         self,
-        batch: list[tuple[UsageRow | None, AuditEntry | None]],
-        future: asyncio.Future[tuple[float, float]],
+        batch: list[_Pending],
+        future: asyncio.Future[None],
         slots: asyncio.Semaphore,
     ) -> None:
         try:
@@ -125,17 +129,19 @@ class UsageRecorder:
             slots.release()
             self._in_flight -= 1
             self._wake.set()  # records held back for this commit to land may go now
-        if isinstance(span, BaseException):
-            future.set_exception(span)
-            future.exception()  # retrieved here too: no waiter may be left to see it
-        else:
-            future.set_result(span)
+        future.set_result(None)
+        for _, _, done in batch:
+            if done.done():  # its request was cancelled; the record is written all the same
+                continue
+            if isinstance(span, BaseException):
+                done.set_exception(span)
+                done.exception()  # retrieved here too: its waiter may be cancelled before it looks
+            else:
+                done.set_result(span)
 
-    async def _write(
-        self, batch: list[tuple[UsageRow | None, AuditEntry | None]]
-    ) -> tuple[float, float] | BaseException:
-        rows = [row for row, _ in batch if row is not None]
-        audits = [entry for _, entry in batch if entry is not None]
+    async def _write(self, batch: list[_Pending]) -> tuple[float, float] | BaseException:
+        rows = [row for row, _, _ in batch if row is not None]
+        audits = [entry for _, entry, _ in batch if entry is not None]
         started = time.time()
         error: BaseException | None = None
         for attempt in range(_RETRIES):

@@ -322,6 +322,33 @@ async def test_under_load_the_writer_waits_one_loop_turn_for_more_records(store:
     assert len(await store.by_request_ids([f"req-{i}" for i in (0, 1, 2, 100, 101)])) == 5
 
 
+async def test_a_cancelled_request_still_gets_its_record_and_failures_reach_every_waiter(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that disconnects while its record commits cancels only its own wait; a failed commit is
+    reported to every request of the batch."""
+    recorder = UsageRecorder(store)
+    recorder.start()
+    now = time.time()
+    waiters = [asyncio.create_task(recorder.record(rec(i, now))) for i in range(3)]
+    await asyncio.sleep(0)  # all three are queued for the same commit
+    waiters[1].cancel()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [type(r) for r in (results[0], results[2])] == [type(None)] * 2
+    assert len(await store.by_request_ids(["req-0", "req-1", "req-2"])) == 3
+
+    async def broken(rows: Any, audits: Any) -> None:
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(store, "write", broken)
+    monkeypatch.setattr("sluicegate.metering.recorder._RETRIES", 1)
+    failed = await asyncio.gather(*(recorder.record(rec(10 + i, now)) for i in range(2)), return_exceptions=True)
+    assert [str(e) for e in failed] == ["disk gone", "disk gone"]
+    assert recorder.failures == 2
+    await recorder.close()
+
+
 async def test_a_burst_is_committed_in_parts_with_the_loop_running_between(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/usage.db"
     engine = create_engine(url)

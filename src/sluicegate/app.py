@@ -173,6 +173,8 @@ class Gateway:
         else:
             limiter, ledger = LocalLimiter(), LocalLedger(self.usage.spent_since)
         fail_open = self.config.limits.on_redis_error == "open"
+        metering = self.config.metering
+        prompts = metering.audit_prompt_max_chars if metering.audit_prompts else None
         assert self.recorder is not None, "policies are built after the recorder starts"
         assert self.observability is not None, "policies are built after observability"
         return [
@@ -180,7 +182,7 @@ class Gateway:
             # and see refusals by the policies below; after-hooks run in reverse, so they still record last
             # (the usage record after the budget is settled, metrics and logs after the record is durable).
             *self.observability.sinks,
-            *([MeteringSink(self.recorder)] if self.config.metering.enabled else []),
+            *([MeteringSink(self.recorder, audit_prompts=prompts)] if metering.enabled else []),
             RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
             DlpPolicy(self.dlp),
             BudgetPolicy(ledger, self.tokens, time.time),

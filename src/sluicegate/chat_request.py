@@ -17,6 +17,7 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 # Fields the gateway keeps for itself and never forwards, so a client cannot spoof them upstream.
 _GOVERNANCE_FIELDS = ("metadata",)
+_METADATA_PAIRS, _METADATA_KEY_CHARS, _METADATA_VALUE_CHARS = 16, 64, 512
 _RESERVED_PREFIX = "sluicegate"
 
 
@@ -70,7 +71,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'user' must be a string", param="user")
 
-    metadata = body.get("metadata")
+    metadata = _check_metadata(body.get("metadata"))
     forwarded = {
         k: v for k, v in body.items() if k not in _GOVERNANCE_FIELDS and not k.lower().startswith(_RESERVED_PREFIX)
     }
@@ -83,8 +84,27 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         max_tokens=max_tokens if max_tokens is not None else legacy_max,
         n=n,
         user=user,
-        metadata=metadata if isinstance(metadata, dict) else None,
+        metadata=metadata,
     )
+
+
+def _check_metadata(metadata: Any) -> dict[str, str] | None:
+    """OpenAI's rules for ``metadata``: at most 16 pairs, string keys up to 64 characters, string values up to
+    512. It goes into the audit log, never upstream, so its size is bounded here."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("'metadata' must be an object of string values", param="metadata")
+    if len(metadata) > _METADATA_PAIRS:
+        raise InvalidRequest(f"'metadata' may hold at most {_METADATA_PAIRS} pairs", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > _METADATA_KEY_CHARS:
+            raise InvalidRequest(f"'metadata' keys may be at most {_METADATA_KEY_CHARS} characters", param="metadata")
+        if not isinstance(value, str) or len(value) > _METADATA_VALUE_CHARS:
+            raise InvalidRequest(
+                f"'metadata.{key}' must be a string of at most {_METADATA_VALUE_CHARS} characters", param="metadata"
+            )
+    return metadata or None
 
 
 def _check_message(i: int, message: Any) -> None:

@@ -179,6 +179,10 @@ class MeteringConfig(_Strict):
     rollup_interval: float = Field(default=3600.0, gt=0)
     # Add every request to the hash-chained audit log (admin actions always are).
     audit_requests: bool = True
+    # Prompt logging: keep each forwarded request's messages (after DLP redaction), as JSON cut at
+    # audit_prompt_max_chars, in its audit entry. Off by default: prompts may hold personal data.
+    audit_prompts: bool = False
+    audit_prompt_max_chars: int = Field(default=65_536, ge=256)
     # Bounded queue of records waiting for their group commit; callers wait when it is full.
     max_pending: int = Field(default=10_000, ge=100)
 

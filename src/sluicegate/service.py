@@ -149,6 +149,7 @@ class ChatService:
             latency_ms=(now - ctx.started_perf) * 1000,
             ttft_ms=(ctx.first_token_at - ctx.started_perf) * 1000 if ctx.first_token_at is not None else None,
             attempts=ctx.attempt_log,
+            metadata=ctx.request.metadata,
         )
         if usage is not None and target is not None:
             rec.cost_micro = cost_micro(usage, target.model.price)

@@ -101,7 +101,7 @@ class ChatRequest:
     max_tokens: int | None = None
     n: int = 1
     user: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,61 @@ def test_audit_verify_fails_after_a_hand_edit_and_lists_admin_actions(gw: Gatewa
     assert report.returncode == 0 and any(r["model"] == "metered" for r in json.loads(report.stdout))
 
 
+def request_audits(gw: GatewayProcess, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The request audit entries' payloads, by request id."""
+    entries = admin(gw, "GET", "/audit?kind=request&limit=1000")["data"]
+    payloads = [json.loads(e["payload"]) for e in entries]
+    return {p["request_id"]: p for p in payloads if p["request_id"] in request_ids}
+
+
+def test_metadata_is_kept_in_the_audit_log_and_never_forwarded(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+    key = new_key(gw)
+    metadata = {"team": "search", "ticket": "T-1234"}
+    r = chat(gw, key["key"], "what is sluicegate?", metadata=metadata)
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    assert request_audits(gw, [rid])[rid]["metadata"] == metadata
+    upstream_bodies = [q.body for q in fake.requests if q.body and q.body.get("messages")]
+    sent = [b for b in upstream_bodies if b["messages"][-1]["content"] == "what is sluicegate?"]
+    assert sent and all("metadata" not in b for b in sent)
+    # No prompt text without prompt logging.
+    assert "sluicegate?" not in json.dumps(request_audits(gw, [rid]))
+    # Metadata breaking OpenAI's rules is refused before any upstream call, naming the field.
+    bad = chat(gw, key["key"], metadata={"team": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "metadata"
+
+
+def test_prompt_logging_keeps_forwarded_prompts_redacted_and_bounded(
+    upstream: FakeOpenAI, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    cfg = {
+        **config(upstream.url),
+        "metering": {"audit_prompts": True, "audit_prompt_max_chars": 300},
+        "dlp": {"request": {"action": "redact", "detectors": ["email"]}},
+    }
+    with GatewayProcess(cfg, tmp_path) as g:
+        key = new_key(g, rpm=3)
+        forwarded = chat(g, key["key"], "mail alice@example.com the plan")
+        long = chat(g, key["key"], "word " * 200)
+        over = [chat(g, key["key"], "refused alice@example.com") for _ in range(2)]
+        assert [forwarded.status_code, long.status_code] == [200, 200] and 429 in [o.status_code for o in over]
+        refused = next(o for o in over if o.status_code == 429)
+        ids = [r.headers["x-request-id"] for r in (forwarded, long, refused)]
+        audits = request_audits(g, ids)
+        prompt = json.loads(audits[ids[0]]["prompt"])
+        # What went upstream, after DLP: the address is redacted in the log too.
+        assert prompt == [{"role": "user", "content": "mail [REDACTED:EMAIL] the plan"}]
+        cut = audits[ids[1]]["prompt"]
+        assert cut.startswith('[{"role":"user","content":"word word') and cut.endswith("characters in all]")
+        assert len(cut) < 400
+        # A refused request never reached an upstream (nor, here, DLP): no prompt, so nothing DLP would redact.
+        assert "prompt" not in audits[ids[2]] and "alice" not in json.dumps(audits)
+        env = {k: v for k, v in g.env.items() if k != "SLUICEGATE_CONFIG"}
+        verify = subprocess.run([sys.executable, "-m", "sluicegate", "audit", "verify"], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert verify.returncode == 0, verify.stdout
+
+
 @pytest.fixture(scope="module")
 def replicas(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     workdir = tmp_path_factory.mktemp("acct-replicas")

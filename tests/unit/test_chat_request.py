@@ -145,6 +145,14 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (body_with(response_format={}), "response_format"),
     (body_with(response_format={"type": 1}), "response_format"),
     (body_with(user=5), "user"),
+    # metadata, OpenAI's rules (it goes to the audit log, so its size is bounded)
+    (body_with(metadata="x"), "metadata"),
+    (body_with(metadata=["team", "search"]), "metadata"),
+    (body_with(metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
+    (body_with(metadata={"k" * 65: "v"}), "metadata"),
+    (body_with(metadata={"team": "v" * 513}), "metadata"),
+    (body_with(metadata={"team": 5}), "metadata"),
+    (body_with(metadata={"team": {"nested": "x"}}), "metadata"),
 ]
 
 
@@ -249,9 +257,11 @@ def test_governance_fields_are_stripped() -> None:
     assert set(request.body) == {"model", "messages", "keep_me"}
 
 
-def test_non_object_metadata_is_stripped_and_not_kept() -> None:
-    request = parse(metadata="x")
-    assert request.metadata is None and "metadata" not in request.body
+def test_metadata_at_openais_limits_is_kept_and_never_forwarded() -> None:
+    largest = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    request = parse(metadata=largest)
+    assert request.metadata == largest and "metadata" not in request.body
+    assert parse(metadata=None).metadata is None and parse(metadata={}).metadata is None
 
 
 def test_stream_options_forwarded_with_stream() -> None:

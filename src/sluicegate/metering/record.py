@@ -43,6 +43,7 @@ class RequestRecord:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    metadata: dict[str, str] | None = None  # the client's ``metadata`` (kept for the audit log, never forwarded)
     # Epoch start and end of the commit that made this record durable (set by the recorder).
     stored: tuple[float, float] | None = None
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..policies.base import Policy
 from .audit import AuditEntry
 from .batch_writer import UsageRow
@@ -59,8 +61,9 @@ class UsageRecorder:
         self._next = loop.create_future()
         self._task = loop.create_task(self._run())
 
-    async def record(self, rec: RequestRecord) -> None:
-        entry = request_audit(rec) if self._audit_requests else None
+    async def record(self, rec: RequestRecord, prompt: str | None = None) -> None:
+        """``prompt``: the messages as JSON, for the audit entry, when prompt logging is on."""
+        entry = request_audit(rec, prompt) if self._audit_requests else None
         rec.stored = await self._submit(usage_row(rec), entry)
 
     async def audit(self, entry: AuditEntry) -> None:
@@ -170,36 +173,56 @@ class UsageRecorder:
             log.info("usage recorder: %d records in %d commits", self.records, self.batches)
 
 
-def request_audit(rec: RequestRecord) -> AuditEntry:
-    """The audit entry of a request: who, what, when, outcome, tokens, cost; never prompt text or secrets."""
+def request_audit(rec: RequestRecord, prompt: str | None = None) -> AuditEntry:
+    """The audit entry of a request: who, what, when, outcome, tokens, cost, the client's ``metadata``; the
+    prompt only when ``prompt`` is given (``metering.audit_prompts``), never secrets."""
     u = rec.usage
+    payload: dict[str, Any] = {
+        "request_id": rec.request_id,
+        "group": rec.group,
+        "status": rec.status,
+        "outcome": rec.outcome,
+        "error_code": rec.error_code,
+        "prompt_tokens": u.prompt_tokens if u else 0,
+        "completion_tokens": u.completion_tokens if u else 0,
+        "cost_micro": rec.cost_micro,
+        "partial": rec.partial,
+    }
+    if rec.metadata:
+        payload["metadata"] = rec.metadata
+    if prompt is not None:
+        payload["prompt"] = prompt
     return AuditEntry(
         created_at=rec.started_at,
         kind="request",
         actor=rec.key_prefix,
         action="chat.completion",
         target=rec.model or rec.requested_model,
-        payload={
-            "request_id": rec.request_id,
-            "group": rec.group,
-            "status": rec.status,
-            "outcome": rec.outcome,
-            "error_code": rec.error_code,
-            "prompt_tokens": u.prompt_tokens if u else 0,
-            "completion_tokens": u.completion_tokens if u else 0,
-            "cost_micro": rec.cost_micro,
-            "partial": rec.partial,
-        },
+        payload=payload,
     )
 
 
+def prompt_text(messages: list[dict[str, Any]], max_chars: int) -> str:
+    """The messages as JSON for the audit log, cut at ``max_chars`` with a marker saying how long they were."""
+    text = orjson.dumps(messages).decode()
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars] + f"...[truncated: {len(text)} characters in all]"
+
+
 class MeteringSink(Policy):
-    """Writes the record (and its audit entry) before the response ends."""
+    """Writes the record (and its audit entry) before the response ends.
+
+    ``audit_prompts``: the most characters of each request's messages to keep in its audit entry (prompt logging),
+    or None (the default: no prompt text). Only a request that reached an upstream has its prompt logged: every
+    before-hook ran for it, so DLP has redacted what it redacts; a refused request may hold what DLP blocked.
+    """
 
     name = "metering"
 
-    def __init__(self, recorder: UsageRecorder) -> None:
+    def __init__(self, recorder: UsageRecorder, *, audit_prompts: int | None = None) -> None:
         self._recorder = recorder
+        self._audit_prompts = audit_prompts
 
     async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
         try:
@@ -214,7 +237,10 @@ class MeteringSink(Policy):
                         {"request_id": record.request_id, "count": event.count},
                     )
                 )
-            await self._recorder.record(record)
+            prompt = None
+            if self._audit_prompts is not None and record.attempts:
+                prompt = prompt_text(ctx.request.messages, self._audit_prompts)
+            await self._recorder.record(record, prompt)
         except Exception as exc:
             # The answer is already paid for upstream; failing the client now would not unspend it.
             log.error("usage record of %s could not be written: %s", record.request_id, exc)

@@ -1,14 +1,10 @@
 """Adapter for Anthropic's Messages API (``POST /v1/messages``), streaming and not.
 
-The translation itself lives in ``anthropic_translate``/``anthropic_stream`` (pure, no I/O); this
-module only does the call and decides what a failure means for the client:
-
-* Chunks are held back until the first real content (text, reasoning, a tool call) or the finish:
-  Anthropic sends ``message_start`` at once, before the model has produced anything, and an
-  ``overloaded_error`` event often follows it. Holding the role chunk keeps such a failure *before*
-  the first byte, where the service can fail over or answer with a real HTTP status.
-* After content, an ``error`` event or a body that ends without ``message_stop`` ends the stream
-  with the ``stream_error`` frame (``StreamInterrupted``).
+The translation itself lives in ``anthropic_translate``/``anthropic_stream`` (pure, no I/O), the stream
+loop in ``translated_stream`` (chunks held back until the first content, so that an ``overloaded_error``
+right after ``message_start`` is still a failure before the first byte); this module only does the call.
+After content, an ``error`` event or a body that ends without ``message_stop`` ends the stream with the
+``stream_error`` frame (``StreamInterrupted``).
 """
 
 from __future__ import annotations
@@ -18,12 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 
 from ..config import Deployment
-from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError
+from ..errors import UpstreamEmptyBody
 from ..types import ChatChunk, ChatRequest, Completion
-from ._http import end_response, malformed_event, open_post, read_json, read_some
+from ._http import open_post, read_json
 from .anthropic_stream import stream_error
 from .anthropic_translate import (
     ANTHROPIC_VERSION,
@@ -34,7 +29,7 @@ from .anthropic_translate import (
     wants_reasoning,
 )
 from .base import StreamStats
-from .sse import SseDecoder
+from .translated_stream import translated_stream
 
 log = logging.getLogger("sluicegate.providers.anthropic")
 
@@ -83,63 +78,13 @@ class AnthropicProvider:
             raise UpstreamEmptyBody("the upstream answer has no content")
         return parse_response(obj, include_reasoning=wants_reasoning(request))
 
-    async def stream(
+    def stream(
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
         # Built before the call: a request that cannot be mapped is the client's 400, not an attempt.
         body = build_request(request, deployment.model, deployment.default_max_tokens, stream=True)
         translator = StreamTranslator(include_reasoning=wants_reasoning(request))
-        resp = await self._open(body, deployment, request_id)
-        decoder = SseDecoder()
-        held: list[ChatChunk] = []  # chunks not yet released: nothing but the role chunk so far
-        released = False
-        try:
-            while True:
-                data = await read_some(resp)
-                if not data:
-                    break
-                batch = held
-                held = []
-                failure: BaseException | None = None
-                for event in decoder.feed(data):
-                    try:
-                        obj = orjson.loads(event.data)
-                    except orjson.JSONDecodeError:
-                        obj = None
-                    try:
-                        if not isinstance(obj, dict):
-                            malformed_event(stats, deployment, started=released, size=len(event.data), log=log)
-                            continue
-                        stats.valid_events += 1
-                        batch.extend(translator.feed(event.event or "", obj))
-                    except (GatewayError, StreamInterrupted) as exc:
-                        failure = exc
-                        break
-                    if translator.done:
-                        break
-                if translator.content_sent or translator.done:
-                    released = True
-                if released:
-                    if batch:
-                        yield batch
-                else:
-                    held = batch
-                if failure is not None:
-                    # Before any content the attempt failed (fail over, or the client gets the HTTP
-                    # status); after it, the client's stream ends with the error frame.
-                    if released and not isinstance(failure, StreamInterrupted):
-                        raise StreamInterrupted(_message(failure)) from failure
-                    raise failure
-                if translator.done:
-                    return
-            if released:
-                raise StreamInterrupted("upstream stream ended early")
-            if not stats.valid_events:
-                raise UpstreamEmptyBody("the upstream ended the stream before sending anything")
-            raise UpstreamError("the upstream ended the stream before any content")
-        finally:
-            end_response(resp, finished=translator.done)
-
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, GatewayError | StreamInterrupted) else "upstream stream interrupted"
+        # Anthropic ends its stream with message_stop (the translator's ``done``); a body ending first is a failure.
+        return translated_stream(
+            lambda: self._open(body, deployment, request_id), deployment, stats, log, translator, translator.feed
+        )

@@ -1,12 +1,10 @@
 """Adapter for the Gemini API (``models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``).
 
-The translation lives in ``gemini_translate``/``gemini_stream`` (pure, no I/O); this module does the
-call and decides what a failure means for the client. Gemini frames its stream as bare ``data:``
-events with no terminator: the end of the body is the end of the stream, so ``finish()`` runs there
-(it yields the usage chunk, or raises if no finish reason came).
-
-As for Anthropic, the role chunk is held until content, a tool call or a finish arrives, so an error
-event in the first event keeps the attempt failing *before* the first byte (fail over or HTTP status).
+The translation lives in ``gemini_translate``/``gemini_stream`` (pure, no I/O), the stream loop in
+``translated_stream`` (as for Anthropic, the role chunk is held until content, a tool call or a finish, so an
+error in the first event keeps the attempt failing before the first byte); this module does the call. Gemini
+frames its stream as bare ``data:`` events with no terminator: the end of the body is the end of the stream,
+so ``finish()`` runs there (it yields the usage chunk, or raises if no finish reason came).
 """
 
 from __future__ import annotations
@@ -17,16 +15,15 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 
 from ..config import Deployment
-from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError
+from ..errors import UpstreamEmptyBody
 from ..types import ChatChunk, ChatRequest, Completion
-from ._http import end_response, malformed_event, open_post, read_json, read_some
+from ._http import open_post, read_json
 from .base import StreamStats
 from .gemini_stream import stream_error
 from .gemini_translate import StreamTranslator, build_request, parse_response, translate_error, wants_reasoning
-from .sse import SseDecoder
+from .translated_stream import translated_stream
 
 log = logging.getLogger("sluicegate.providers.gemini")
 
@@ -73,65 +70,20 @@ class GeminiProvider:
             raise UpstreamEmptyBody("the upstream answer has no candidates")
         return parse_response(obj, include_reasoning=wants_reasoning(request))
 
-    async def stream(
+    def stream(
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
         # Built before the call: a request that cannot be mapped is the client's 400, not an attempt.
         body = build_request(request, deployment.default_max_tokens)
         translator = StreamTranslator(include_reasoning=wants_reasoning(request))
         url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
-        resp = await self._open(url, body, deployment, request_id)
-        decoder = SseDecoder()
-        held: list[ChatChunk] = []  # chunks not yet released: nothing but the role chunk so far
-        released = False
-        finished = False
-        try:
-            while True:
-                data = await read_some(resp)
-                if not data:
-                    break
-                batch = held
-                held = []
-                failure: BaseException | None = None
-                for event in decoder.feed(data):
-                    try:
-                        obj = orjson.loads(event.data)
-                    except orjson.JSONDecodeError:
-                        obj = None
-                    try:
-                        if not isinstance(obj, dict):
-                            malformed_event(stats, deployment, started=released, size=len(event.data), log=log)
-                            continue
-                        stats.valid_events += 1
-                        batch.extend(translator.feed(obj))
-                    except (GatewayError, StreamInterrupted) as exc:
-                        failure = exc
-                        break
-                released = released or translator.content_sent or translator.done
-                if released:
-                    if batch:
-                        yield batch
-                else:
-                    held = batch
-                if failure is not None:
-                    raise _after(failure, released)
-            # The body ended: Gemini's only end-of-stream signal.
-            try:
-                tail = translator.finish()
-            except UpstreamError as exc:
-                if released:
-                    raise StreamInterrupted("upstream stream ended early") from exc
-                if not stats.valid_events:
-                    raise UpstreamEmptyBody("the upstream ended the stream before sending anything") from exc
-                raise
-            finished = True
-            yield held + tail
-        finally:
-            end_response(resp, finished=finished)
-
-
-def _after(failure: BaseException, released: bool) -> BaseException:
-    """Before any content the attempt failed (fail over or HTTP status); after it, the stream is cut."""
-    if released and isinstance(failure, GatewayError):
-        return StreamInterrupted(failure.message)
-    return failure
+        # Gemini has no end-of-stream event: the body's end is the end, where ``finish`` checks the answer ended.
+        return translated_stream(
+            lambda: self._open(url, body, deployment, request_id),
+            deployment,
+            stats,
+            log,
+            translator,
+            lambda _event, obj: translator.feed(obj),
+            at_end=translator.finish,
+        )

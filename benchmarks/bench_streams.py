@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_streams.py --streams 2000 --reps 2
     .venv/bin/python benchmarks/bench_streams.py --litellm-bin /tmp/litellm-venv/bin/litellm   # + LiteLLM
     .venv/bin/python benchmarks/bench_streams.py --nginx          # + nginx relaying the same streams (reference)
+    .venv/bin/python benchmarks/bench_streams.py --workers 2      # the same 5,000 streams over two workers
 
 Starts the shared kit's mock upstream (``/work/shared/bench/mock_upstream.py --chunks 20 --chunk-delay-ms 200``)
 and ``sluicegate serve --workers 1`` in front of it (SQLite store, metering, audit and metrics on: the defaults),
@@ -170,7 +171,7 @@ async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     mock, mock_url = start_mock(out, CHUNKS, DELAY_MS)
     gw = litellm = nginx = None
     try:
-        gw = start_gateway(out, gateway_config(mock_url + "/v1"))
+        gw = start_gateway(out, gateway_config(mock_url + "/v1"), workers=a.workers)
         report["gateway_rss_kb_fresh"] = rss_kb(gw.pid)
         candidates: list[tuple[str, str, int | None]] = [
             ("direct", mock_url + "/v1/chat/completions", None),
@@ -283,6 +284,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=5000)
     ap.add_argument("--ramp", type=float, default=2.0, help="seconds over which the streams are opened")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="gateway worker processes (the target is for 1)")
     ap.add_argument("--warmup", type=int, default=300, help="streams per candidate before the idle baseline")
     ap.add_argument("--litellm-bin", default=None, help="also run LiteLLM (config_prod of the shared kit)")
     ap.add_argument("--litellm-streams", type=int, default=0, help="streams for LiteLLM (default: --streams)")

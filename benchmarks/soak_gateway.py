@@ -3,7 +3,8 @@
 Runs the real CLI (``sluicegate.cli:main``) unchanged, except that uvicorn is handed a factory that wraps the
 gateway's ASGI app: on its first call (the lifespan startup) it starts one extra task on the gateway's own event
 loop that appends ``{"t": epoch, "tasks": N}`` to ``$SOAK_TASKS_FILE`` every ``$SOAK_TASKS_INTERVAL`` seconds,
-where N is ``len(asyncio.all_tasks())`` minus the probe itself. Single worker only.
+where N is ``len(asyncio.all_tasks())`` minus the probe itself. Single worker only. ``$SOAK_FULL_GC_EVERY``
+(diagnostics, off by default): every that many samples, also a full ``gc.collect()`` and what it freed.
 
     python benchmarks/soak_gateway.py serve --config FILE --port P --workers 1
 """
@@ -11,6 +12,7 @@ where N is ``len(asyncio.all_tasks())`` minus the probe itself. Single worker on
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -30,11 +32,21 @@ def app_with_task_probe() -> Any:
     interval = float(os.environ.get("SOAK_TASKS_INTERVAL", "5"))
     probe: list[asyncio.Task[None]] = []
 
+    # Diagnostics: SOAK_FULL_GC_EVERY=N runs a full collection every N samples and records what it freed,
+    # which tells uncollected cyclic garbage (RSS flat once collected) from a leak (RSS grows regardless).
+    full_gc_every = int(os.environ.get("SOAK_FULL_GC_EVERY", "0"))
+
     async def sample() -> None:
+        i = 0
         while True:
-            n = len(asyncio.all_tasks()) - 1
+            row: dict[str, Any] = {"t": time.time(), "tasks": len(asyncio.all_tasks()) - 1}
+            i += 1
+            if full_gc_every and i % full_gc_every == 0:
+                row["gc_objects"] = len(gc.get_objects())
+                row["gc_freed"] = gc.collect()
+                row["gc_collections"] = [g["collections"] for g in gc.get_stats()]
             with open(path, "a") as f:
-                f.write(json.dumps({"t": time.time(), "tasks": n}) + "\n")
+                f.write(json.dumps(row) + "\n")
             await asyncio.sleep(interval)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -27,16 +27,16 @@ import uvloop
 
 from sluicegate.chat_request import parse_chat_request
 from sluicegate.config import ModelConfig
-from sluicegate.metering.record import Attempt, RequestRecord
 from sluicegate.metering.recorder import MeteringSink, UsageRecorder
 from sluicegate.metering.tokens import TokenCounter
-from sluicegate.metering.usage_store import UsageStore
 from sluicegate.policies.base import Policy, PolicyChain
 from sluicegate.policies.budgets import BudgetPolicy, LocalLedger
 from sluicegate.policies.ratelimit import LocalLimiter, RateLimitPolicy
+from sluicegate.records import Attempt, RequestRecord
 from sluicegate.service import RequestContext
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
+from sluicegate.storage.usage import UsageStore
 from sluicegate.types import Limits, Principal, Usage
 
 # The limits of bench_features.py's accounting variants: never refuse, but every bucket and budget is live.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import orjson
 
-from sluicegate.policies.dlp import DlpPolicy, Engine, StreamRedactor, redact_messages
+from sluicegate.dlp import DlpRule, Engine, StreamRedactor, redact_messages
 
 VOCAB = [
     "the",
@@ -130,7 +130,7 @@ def chunks(n_words: int = 4, total: int = 4000, seed: int = 3) -> list[str]:
 
 
 def main() -> None:
-    engine = Engine(DlpPolicy())
+    engine = Engine(DlpRule())
     text = prompt()
     rows: list[tuple[str, str]] = []
 

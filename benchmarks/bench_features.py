@@ -360,8 +360,8 @@ def dlp_scan_100kb(repeat: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from bench_dlp import SECRETS, prompt  # the same 100 KB prompt as bench_dlp.py (four secrets in it)
 
-    from sluicegate.policies.dlp import scan_messages
-    from sluicegate.policies.dlp.config import DlpConfig
+    from sluicegate.dlp import scan_messages
+    from sluicegate.dlp.config import DlpConfig
 
     engine = DlpConfig.model_validate({"request": {"action": "block"}}).engine("request")
     assert engine is not None

@@ -14,13 +14,12 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from .auth.keys import generate_key
+from .dlp.config import DirectionConfig
+from .dlp.detectors import BUILTIN_NAMES
 from .errors import Conflict, InternalError, InvalidRequest, NotFound
-from .keys import generate_key
-from .metering.usage_store import REPORT_DIMENSIONS, UsageStore
-from .policies.dlp.config import DirectionConfig
-from .policies.dlp.detectors import BUILTIN_NAMES
-from .storage.identity import Conflict as StoreConflict
-from .storage.identity import GroupRow, IdentityStore, KeyRow
+from .storage.identity import GroupRow, IdentityStore, KeyRow, NameTaken
+from .storage.usage import REPORT_DIMENSIONS, UsageStore
 from .types import NO_LIMITS, Limits
 
 _MAX_RATE = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
@@ -35,7 +34,7 @@ class IdentityBus(Protocol):
     async def group_changed(self, group_name: str) -> None: ...
 
 
-class AuditSink(Protocol):
+class AdminAudit(Protocol):
     async def admin_action(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None: ...
 
 
@@ -146,7 +145,7 @@ class Admin:
         self,
         store: IdentityStore,
         bus: IdentityBus,
-        audit: AuditSink | None = None,
+        audit: AdminAudit | None = None,
         usage: UsageStore | None = None,
     ) -> None:
         self._store = store
@@ -154,7 +153,7 @@ class Admin:
         self._audit = audit
         self._usage = usage
 
-    def set_audit(self, audit: AuditSink) -> None:
+    def set_audit(self, audit: AdminAudit) -> None:
         self._audit = audit
 
     async def _record(self, actor: str, action: str, target: str, **details: Any) -> None:
@@ -168,7 +167,7 @@ class Admin:
         patterns = parse_models(models if models is not None else [], "models")
         try:
             group = await self._store.create_group(name, patterns)
-        except StoreConflict as exc:
+        except NameTaken as exc:
             raise Conflict(str(exc), param="name") from exc
         await self._record(actor, "group.create", name, models=patterns)
         return group_view(group)
@@ -261,7 +260,7 @@ class Admin:
                     expires_at=expiry,
                 )
                 break
-            except StoreConflict as exc:
+            except NameTaken as exc:
                 if await self._store.find_key(name):
                     raise Conflict(f"a key named {name!r} already exists", param="name") from exc
         else:

@@ -19,34 +19,34 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
+from .auth.authenticator import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .config import GatewayConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
 from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
 from .http.shedding import LoadShedder
-from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
-from .metering.audit import AuditEntry
-from .metering.recorder import AuditSink, MeteringSink, UsageRecorder
+from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
 from .metering.tokens import TokenCounter
-from .metering.usage_store import UsageStore
 from .observability import Observability
 from .policies.base import Policy, PolicyChain
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
-from .policies.dlp_policy import DlpEngines, DlpPolicy
+from .policies.dlp import DlpEngines, DlpPolicy
 from .policies.ratelimit import Limiter, LocalLimiter, RateLimitPolicy, RedisLimiter
 from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider
 from .providers.demo import DemoProvider
 from .providers.gemini import GeminiProvider
 from .providers.openai_compat import OpenAICompatProvider
-from .resilience import CircuitBreaker
-from .routing import Router
+from .routing.circuit import CircuitBreaker
+from .routing.router import Router
 from .service import ChatService, OpenStream
 from .settings import Settings
+from .storage.audit import AuditEntry
 from .storage.db import create_engine
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate
+from .storage.usage import UsageStore
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0
@@ -107,7 +107,7 @@ class Gateway:
         else:
             self.bus = LocalBus(self.authenticator)
         self.usage = UsageStore(self.engine)
-        self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
+        self.admin = Admin(self.identity, self.bus, AdminAuditWriter(self._write_audit), self.usage)
 
     async def _write_audit(self, entry: AuditEntry) -> None:
         """Admin actions from a process without a recorder (the CLI) go straight to the store."""
@@ -132,7 +132,7 @@ class Gateway:
             audit_requests=self.config.metering.audit_requests,
         )
         self.recorder.start()
-        self.admin.set_audit(AuditSink(self.recorder.audit))
+        self.admin.set_audit(AdminAuditWriter(self.recorder.audit))
         self._tasks.append(loop.create_task(self._flush_last_used()))
         self._tasks.append(loop.create_task(self._rollups()))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)

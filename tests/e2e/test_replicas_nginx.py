@@ -28,8 +28,8 @@ import httpx
 import orjson
 import pytest
 
-from sluicegate.metering.usage_store import UsageStore
 from sluicegate.storage.db import create_engine
+from sluicegate.storage.usage import UsageStore
 from tests.conftest import TEST_TIMEOUTS
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.databases import database_url

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sluicegate.idle_timer import IdleTimer
+from sluicegate.service.idle_timer import IdleTimer
 
 
 async def test_a_silent_upstream_expires_the_stream() -> None:

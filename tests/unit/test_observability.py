@@ -13,7 +13,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sluicegate.config import CircuitConfig, GatewayConfig
 from sluicegate.errors import RateLimited
-from sluicegate.metering.record import Attempt, RequestRecord
 from sluicegate.observability.logs import (
     FIELDS,
     JsonFormatter,
@@ -25,8 +24,9 @@ from sluicegate.observability.logs import (
 from sluicegate.observability.metrics import OTHER, Metrics, MetricsSink, gateway_overhead_ms
 from sluicegate.observability.tracing import TraceSink, otlp_traces_url
 from sluicegate.policies.base import Policy, PolicyChain
-from sluicegate.resilience import CircuitBreaker
-from sluicegate.routing import deployment_key
+from sluicegate.records import Attempt, RequestRecord
+from sluicegate.routing.circuit import CircuitBreaker
+from sluicegate.routing.router import deployment_key
 from sluicegate.types import Usage
 
 CONFIG = GatewayConfig.model_validate(

@@ -29,10 +29,10 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from ..auth.authenticator import INVALID_KEY_MESSAGE
+from ..auth.credentials import extract_credential
 from ..errors import AuthenticationFailed, GatewayError, InvalidRequest, MethodNotAllowed, NotFound
-from ..identity import INVALID_KEY_MESSAGE
 from .asgi import Request, send_error, send_json
-from .auth import extract_credential
 
 if TYPE_CHECKING:
     from ..app import Gateway

@@ -10,13 +10,13 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from ..auth.credentials import extract_credential
 from ..chat_request import parse_chat_request
 from ..errors import GatewayError
 from ..policies.access import may_use
 from ..service import RequestContext
 from ..types import ChatRequest, Principal
 from .asgi import ClientGone, Request, send_error, send_json, watch_disconnect
-from .auth import extract_credential
 from .errors import internal_error
 from .sse import KEEPALIVE, stream_error_frame
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..policies.base import Policy
-from .audit import AuditEntry
-from .batch_writer import UsageRow
-from .record import RequestRecord
-from .usage_store import UsageStore, usage_row
+from ..records import RequestRecord
+from ..storage.audit import AuditEntry
+from ..storage.batch_writer import UsageRow
+from ..storage.usage import UsageStore, usage_row
 
 if TYPE_CHECKING:
     from ..service import RequestContext
@@ -246,8 +246,8 @@ class MeteringSink(Policy):
             log.error("usage record of %s could not be written: %s", record.request_id, exc)
 
 
-class AuditSink:
-    """Admin actions into the same chain (``admin.AuditSink`` protocol): queued in a server, direct in the CLI."""
+class AdminAuditWriter:
+    """Admin actions into the same chain (``admin.AdminAudit`` protocol): queued in a server, direct in the CLI."""
 
     def __init__(self, write: Callable[[AuditEntry], Awaitable[None]]) -> None:
         self._write = write

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..metering.record import RequestRecord
+from ..records import RequestRecord
 from .logs import RequestLogSink
 from .metrics import Metrics, MetricsSink
 from .sink import RecordSink

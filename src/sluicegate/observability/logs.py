@@ -21,7 +21,7 @@ import orjson
 from .sink import RecordSink
 
 if TYPE_CHECKING:
-    from ..metering.record import RequestRecord
+    from ..records import RequestRecord
 
 REQUEST_LOGGER = "sluicegate.request"
 FORMATS = ("json", "text", "auto")

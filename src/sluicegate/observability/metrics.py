@@ -23,11 +23,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import errors
 from ..config import GatewayConfig
-from ..routing import deployment_key
+from ..routing.router import deployment_key
 from .sink import RecordSink
 
 if TYPE_CHECKING:
-    from ..metering.record import RequestRecord
+    from ..records import RequestRecord
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

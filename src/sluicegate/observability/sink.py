@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..policies.base import Policy
 
 if TYPE_CHECKING:
-    from ..metering.record import RequestRecord
+    from ..records import RequestRecord
     from ..service import RequestContext
 
 

@@ -31,7 +31,7 @@ from ..config import Deployment, GatewayConfig
 from .sink import RecordSink
 
 if TYPE_CHECKING:
-    from ..metering.record import Attempt, RequestRecord
+    from ..records import Attempt, RequestRecord
 
 # gen_ai.system / gen_ai.provider.name values for our provider kinds (the conventions' well-known names).
 GEN_AI_SYSTEMS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "demo": "sluicegate.demo"}

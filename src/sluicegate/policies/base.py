@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..types import ChatChunk, Completion
 
 if TYPE_CHECKING:
-    from ..metering.record import RequestRecord
+    from ..records import RequestRecord
     from ..service import RequestContext
 
 log = logging.getLogger("sluicegate.policies")

@@ -24,7 +24,7 @@ from ..types import Principal
 from .base import Policy
 
 if TYPE_CHECKING:
-    from ..metering.record import RequestRecord
+    from ..records import RequestRecord
     from ..service import RequestContext
 
 log = logging.getLogger("sluicegate.ratelimit")

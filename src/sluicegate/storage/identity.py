@@ -15,7 +15,7 @@ from ..types import NO_LIMITS, Limits
 from .schema import api_keys, groups
 
 
-class Conflict(Exception):
+class NameTaken(Exception):
     """A unique name or prefix is already taken."""
 
 
@@ -112,7 +112,7 @@ class IdentityStore:
                     groups.insert().values(id=group_id, name=name, models=models, created_at=now, updated_at=now)
                 )
         except IntegrityError as exc:
-            raise Conflict(f"a group named {name!r} already exists") from exc
+            raise NameTaken(f"a group named {name!r} already exists") from exc
         return GroupRow(group_id, name, tuple(models), now, now)
 
     async def get_group(self, name: str) -> GroupRow | None:
@@ -184,7 +184,7 @@ class IdentityStore:
                     )
                 )
         except IntegrityError as exc:
-            raise Conflict(f"a key named {name!r} (or with that prefix) already exists") from exc
+            raise NameTaken(f"a key named {name!r} (or with that prefix) already exists") from exc
         return key_id
 
     def _keys(self) -> Any:
@@ -224,7 +224,7 @@ class IdentityStore:
                     update(api_keys).where(api_keys.c.id == key_id).values(prefix=prefix, key_hash=key_hash)
                 )
         except IntegrityError as exc:
-            raise Conflict("prefix collision; try again") from exc
+            raise NameTaken("prefix collision; try again") from exc
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         """Record last-use times in one transaction (batched off the request path)."""

@@ -37,7 +37,7 @@ groups = Table(
     Column("tpm", Integer, nullable=True),
     Column("budget_micro", BigInteger, nullable=True),
     Column("budget_period", String(10), nullable=True),  # total | day | month
-    Column("dlp", JSON, nullable=True),  # (0003) per-direction DLP override, see policies/dlp_policy.py
+    Column("dlp", JSON, nullable=True),  # (0003) per-direction DLP override, see policies/dlp.py
 )
 
 api_keys = Table(

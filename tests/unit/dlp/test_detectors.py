@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sluicegate.policies.dlp import BUILTIN_NAMES, CustomKeywords, CustomRegex, DlpPolicy, Engine, Finding
-from sluicegate.policies.dlp.config import DlpConfig
+from sluicegate.dlp import BUILTIN_NAMES, CustomKeywords, CustomRegex, DlpRule, Engine, Finding
+from sluicegate.dlp.config import DlpConfig
 
-ALL = Engine(DlpPolicy())
+ALL = Engine(DlpRule())
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAx4UbaDzY\nq0Z1Ab==\n-----END RSA PRIVATE KEY-----"
 
@@ -91,14 +91,14 @@ NEGATIVE = [
 def test_detector_finds_secret(detector: str, secret: str, template: str) -> None:
     text = template.format(secret)
     start = text.index(secret)
-    assert Engine(DlpPolicy(detectors=(detector,))).scan(text) == [Finding(detector, start, start + len(secret))]
+    assert Engine(DlpRule(detectors=(detector,))).scan(text) == [Finding(detector, start, start + len(secret))]
     # With every detector on, overlap resolution must keep this one.
     assert Finding(detector, start, start + len(secret)) in ALL.scan(text)
 
 
 @pytest.mark.parametrize(("detector", "text"), NEGATIVE)
 def test_detector_ignores_lookalike(detector: str, text: str) -> None:
-    assert Engine(DlpPolicy(detectors=(detector,))).scan(text) == []
+    assert Engine(DlpRule(detectors=(detector,))).scan(text) == []
 
 
 def test_every_builtin_has_positive_and_negative_examples() -> None:
@@ -140,22 +140,22 @@ def test_clean_text_has_no_findings() -> None:
 
 def test_custom_regex_and_keywords() -> None:
     engine = Engine(
-        DlpPolicy(detectors=("project_codename", "internal")),
+        DlpRule(detectors=("project_codename", "internal")),
         [CustomRegex("project_codename", "PRJ-[0-9]{4}"), CustomKeywords("internal", ("bluebird", "blue jay"))],
     )
     new, _ = engine.redact("PRJ-1234 (Bluebird) and BLUE JAY, not bluebirds or PRJ-12")
     assert new == "[REDACTED:PROJECT_CODENAME] ([REDACTED:INTERNAL]) and [REDACTED:INTERNAL], not bluebirds or PRJ-12"
-    sensitive = Engine(DlpPolicy(), [CustomKeywords("internal", ("Bluebird",), case_sensitive=True)])
+    sensitive = Engine(DlpRule(), [CustomKeywords("internal", ("Bluebird",), case_sensitive=True)])
     assert [f.type for f in sensitive.scan("bluebird Bluebird")] == ["internal"]
 
 
 def test_unknown_detector_and_clashing_custom_name_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown"):
-        Engine(DlpPolicy(detectors=("nope",)))
+        Engine(DlpRule(detectors=("nope",)))
     with pytest.raises(ValueError, match="clashes"):
-        Engine(DlpPolicy(), [CustomRegex("email", "x")])
+        Engine(DlpRule(), [CustomRegex("email", "x")])
     with pytest.raises(ValueError, match="action"):
-        DlpPolicy("drop")  # type: ignore[arg-type]
+        DlpRule("drop")  # type: ignore[arg-type]
 
 
 def test_config_shape_from_the_issue() -> None:

@@ -6,9 +6,9 @@ import copy
 import json
 from typing import Any
 
-from sluicegate.policies.dlp import DlpPolicy, Engine, MessageFinding, redact_messages, scan_messages
+from sluicegate.dlp import DlpRule, Engine, MessageFinding, redact_messages, scan_messages
 
-ENGINE = Engine(DlpPolicy())
+ENGINE = Engine(DlpRule())
 CARD = "4111 1111 1111 1111"
 KEY = "sk-ant-api03-Abcdefghij0123456789xyz"
 

@@ -7,10 +7,10 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluicegate.policies.dlp import CustomKeywords, CustomRegex, DlpPolicy, Engine, StreamRedactor
+from sluicegate.dlp import CustomKeywords, CustomRegex, DlpRule, Engine, StreamRedactor
 
 ENGINE = Engine(
-    DlpPolicy(),
+    DlpRule(),
     [CustomRegex("project_codename", "PRJ-[0-9]{4}"), CustomKeywords("internal", ("bluebird", "blue jay"))],
 )
 
@@ -102,7 +102,7 @@ def test_any_split_redacts_like_the_whole_text(text: str, cuts: list[int]) -> No
 
 
 SUBSET = Engine(
-    DlpPolicy("block", ("payment_card", "private_key", "aws_access_key", "internal")),
+    DlpRule("block", ("payment_card", "private_key", "aws_access_key", "internal")),
     [CustomKeywords("internal", ("blue jay",))],
 )
 
@@ -167,7 +167,7 @@ def test_text_without_candidates_lags_at_most_the_window(text: str, cuts: list[i
 
 
 def test_window_is_capped_by_active_detectors() -> None:
-    cards_only = Engine(DlpPolicy(detectors=("payment_card",)))
+    cards_only = Engine(DlpRule(detectors=("payment_card",)))
     redactor = StreamRedactor(cards_only, 256)
     assert redactor.window == cards_only.window < 256
     assert redactor.feed("1 2 3 4 5 6 7 8 9 " * 10)  # a long digit run is released past the window

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from sluicegate.admin import Admin
+from sluicegate.auth.authenticator import KeyAuthenticator, LocalBus, MasterKeyAuthenticator
+from sluicegate.auth.keys import hash_key
 from sluicegate.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound, StoreUnavailable
-from sluicegate.identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator
-from sluicegate.keys import hash_key
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.identity import IdentityStore
 from sluicegate.storage.migrations import MIGRATIONS, migrate, pending

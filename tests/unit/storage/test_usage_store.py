@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, inspect, text, update
 
-from sluicegate.metering.audit import AuditEntry
-from sluicegate.metering.batch_writer import PostgresBatchWriter, SqliteBatchWriter
-from sluicegate.metering.record import Attempt, RequestRecord
 from sluicegate.metering.recorder import UsageRecorder, request_audit
-from sluicegate.metering.usage_store import UsageStore, usage_row
+from sluicegate.records import Attempt, RequestRecord
+from sluicegate.storage.audit import AuditEntry
+from sluicegate.storage.batch_writer import PostgresBatchWriter, SqliteBatchWriter
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
 from sluicegate.storage.schema import audit_log
+from sluicegate.storage.usage import UsageStore, usage_row
 from sluicegate.types import Usage
 from tests.support.databases import database_url
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import CircuitConfig, RetryConfig
+from ..config import CircuitConfig, RetryConfig
 
 
 def backoff_delay(config: RetryConfig, retry_number: int, rng: random.Random) -> float:

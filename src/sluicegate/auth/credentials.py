@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import AuthenticationFailed
-from ..identity import INVALID_KEY_MESSAGE
+from .authenticator import INVALID_KEY_MESSAGE
 
 
 def extract_credential(authorization: str | None, x_api_key: str | None) -> str:

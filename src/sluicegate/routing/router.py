@@ -11,8 +11,8 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import Deployment, GatewayConfig, ModelConfig
-from .providers.base import Provider
+from ..config import Deployment, GatewayConfig, ModelConfig
+from ..providers.base import Provider
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..storage.schema import audit_head, audit_log, rollup_days, usage, usage_daily
+from ..records import RequestRecord
 from . import audit
 from .audit import AuditEntry, VerifyResult
 from .batch_writer import PostgresBatchWriter, SqliteBatchWriter, UsageRow
-from .record import RequestRecord
+from .schema import audit_head, audit_log, rollup_days, usage, usage_daily
 
 # Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
 _EMPTY: ColumnClause[str] = literal_column("''")

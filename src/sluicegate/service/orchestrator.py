@@ -21,8 +21,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .config import GatewayConfig, ModelConfig
-from .errors import (
+from ..config import GatewayConfig, ModelConfig
+from ..errors import (
     GatewayError,
     ModelNotFound,
     StreamInterrupted,
@@ -31,17 +31,17 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .http.sse import DONE, StreamEncoder, stream_error_frame
+from ..http.sse import DONE, StreamEncoder, stream_error_frame
+from ..metering.pricing import cost_micro
+from ..metering.tokens import TokenCounter
+from ..policies.access import check_model_access
+from ..policies.base import Policy, PolicyChain, StreamFilter
+from ..providers.base import StreamStats
+from ..records import Attempt, RequestRecord
+from ..routing.circuit import CircuitBreaker, backoff_delay
+from ..routing.router import Router, Target
+from ..types import ChatChunk, ChatRequest, Principal, Usage
 from .idle_timer import IdleTimer
-from .metering.pricing import cost_micro
-from .metering.record import Attempt, RequestRecord
-from .metering.tokens import TokenCounter
-from .policies.access import check_model_access
-from .policies.base import Policy, PolicyChain, StreamFilter
-from .providers.base import StreamStats
-from .resilience import CircuitBreaker, backoff_delay
-from .routing import Router, Target
-from .types import ChatChunk, ChatRequest, Principal, Usage
 
 T = TypeVar("T")
 

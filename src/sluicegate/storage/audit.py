@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..storage.migrations import GENESIS_HASH
+from .migrations import GENESIS_HASH
 
 
 class AuditEntry(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs 3x more

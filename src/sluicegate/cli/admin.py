@@ -12,17 +12,17 @@ from typing import Any, TypeVar
 
 import click
 
-from .admin import Admin
-from .config import ConfigError, load_config
-from .errors import GatewayError
-from .settings import Settings
+from ..admin import Admin
+from ..config import ConfigError, load_config
+from ..errors import GatewayError
+from ..settings import Settings
 
 T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
 async def _admin() -> AsyncIterator[Admin]:
-    from .app import Gateway
+    from ..app import Gateway
 
     settings = Settings.from_env()
     try:
@@ -187,8 +187,8 @@ def keys_rotate(ref: str, as_json: bool) -> None:
 @click.command()
 def migrate() -> None:
     """Apply pending database migrations (also done at every start)."""
-    from .storage.db import create_engine
-    from .storage.migrations import migrate as apply
+    from ..storage.db import create_engine
+    from ..storage.migrations import migrate as apply
 
     async def main() -> list[str]:
         engine = create_engine(Settings.from_env().database_url)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..dlp import Engine, StreamRedactor, redact_messages, scan_messages
+from ..dlp.config import DirectionConfig, DlpConfig
 from ..errors import DlpBlocked
 from ..types import ChatChunk, ChoiceDelta, Completion
 from .base import Policy, StreamFilter
-from .dlp import Engine, StreamRedactor, redact_messages, scan_messages
-from .dlp.config import DirectionConfig, DlpConfig
 
 if TYPE_CHECKING:
     from ..service import RequestContext

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..storage.db import sqlite_pragmas
 from .audit import AuditEntry, chain
+from .db import sqlite_pragmas
 
 # The order of the tuples ``usage_store.usage_row`` builds; ``id`` is assigned by the database.
 USAGE_COLUMNS = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..types import Usage
+from .types import Usage
 
 
 @dataclass(slots=True)

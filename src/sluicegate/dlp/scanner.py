@@ -28,7 +28,7 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
-class DlpPolicy:
+class DlpRule:
     """What to do on one direction: ``detectors`` empty or None means every known detector."""
 
     action: Action = "redact"
@@ -48,7 +48,7 @@ class Engine:
 
     __slots__ = ("action", "detectors", "gated", "hint", "strong_cap", "strong_tail", "types", "weak_tail", "window")
 
-    def __init__(self, policy: DlpPolicy, custom: Sequence[CustomRegex | CustomKeywords] = ()) -> None:
+    def __init__(self, policy: DlpRule, custom: Sequence[CustomRegex | CustomKeywords] = ()) -> None:
         available: dict[str, Detector] = {d.name: d for d in BUILTIN}
         for spec in custom:
             if spec.name in available:

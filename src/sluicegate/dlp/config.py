@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .custom import CustomKeywords, CustomRegex
 from .detectors import BUILTIN_NAMES
-from .scanner import DlpPolicy, Engine
+from .scanner import DlpRule, Engine
 
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 
@@ -31,8 +31,8 @@ class DirectionConfig(_Model):
     action: Literal["block", "redact", "log"]
     detectors: list[str] | None = None
 
-    def policy(self) -> DlpPolicy:
-        return DlpPolicy(self.action, tuple(self.detectors) if self.detectors else None)
+    def policy(self) -> DlpRule:
+        return DlpRule(self.action, tuple(self.detectors) if self.detectors else None)
 
 
 class CustomRegexConfig(_Model):

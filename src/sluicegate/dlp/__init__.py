@@ -3,7 +3,7 @@
 from .custom import CustomKeywords, CustomRegex
 from .detectors import BUILTIN_NAMES
 from .messages import MessageFinding, redact_messages, scan_messages
-from .scanner import ACTIONS, Action, DlpPolicy, Engine, Finding, label
+from .scanner import ACTIONS, Action, DlpRule, Engine, Finding, label
 from .stream import StreamRedactor
 
 __all__ = [
@@ -12,7 +12,7 @@ __all__ = [
     "Action",
     "CustomKeywords",
     "CustomRegex",
-    "DlpPolicy",
+    "DlpRule",
     "Engine",
     "Finding",
     "MessageFinding",

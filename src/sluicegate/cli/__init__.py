@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import click
 
-from .cli_admin import audit, groups, keys, migrate, usage
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
+from .admin import audit, groups, keys, migrate, usage
 
 
 @click.group()
@@ -42,7 +42,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
     """Run the gateway (the built-in demo model when no config is given)."""
     import uvicorn
 
-    from .observability.logs import log_config, resolve_format
+    from ..observability.logs import log_config, resolve_format
 
     logging_config = log_config(resolve_format(log_format, sys.stderr.isatty()), log_level)
     logging.config.dictConfig(logging_config)

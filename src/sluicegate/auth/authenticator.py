@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import AuthenticationFailed, StoreUnavailable
+from ..errors import AuthenticationFailed, StoreUnavailable
+from ..storage.identity import IdentityStore, KeyRow
+from ..types import Principal
 from .keys import PREFIX_LEN, looks_like_key
-from .storage.identity import IdentityStore, KeyRow
-from .types import Principal
 
 if TYPE_CHECKING:
-    from .resilience import CircuitBreaker
+    from ..routing.circuit import CircuitBreaker
 
-log = logging.getLogger("sluicegate.identity")
+log = logging.getLogger("sluicegate.auth.authenticator")
 
 CHANNEL = "sluicegate:identity"
 _MAX_ENTRIES = 100_000

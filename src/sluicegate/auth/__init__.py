@@ -1,0 +1,1 @@
+"""Who is calling: credentials in the request, API key material, and verified principals with a warm cache."""

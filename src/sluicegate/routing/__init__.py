@@ -1,0 +1,1 @@
+"""Which deployment answers: the ordered targets of a model, retry timing, and the circuit breaker."""

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import orjson
 import uvloop
+from sluicegate.policies.base import Policy, PolicyChain
 
-from sluicegate.chat_request import parse_chat_request
 from sluicegate.config import ModelConfig
 from sluicegate.metering.recorder import MeteringSink, UsageRecorder
 from sluicegate.metering.tokens import TokenCounter
-from sluicegate.policies.base import Policy, PolicyChain
 from sluicegate.policies.budgets import BudgetPolicy, LocalLedger
 from sluicegate.policies.ratelimit import LocalLimiter, RateLimitPolicy
 from sluicegate.records import Attempt, RequestRecord
@@ -38,6 +37,7 @@ from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
 from sluicegate.storage.usage import UsageStore
 from sluicegate.types import Limits, Principal, Usage
+from sluicegate.wire.openai_chat.decode import parse_chat_request
 
 # The limits of bench_features.py's accounting variants: never refuse, but every bucket and budget is live.
 LIMITS = Limits(rpm=10_000_000, tpm=2_000_000_000, budget_micro=10**15, budget_period="total")

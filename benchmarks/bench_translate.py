@@ -8,7 +8,7 @@ Run it from the project venv (sluicegate installed editable).
 In-process, no sockets: each adapter's real ``stream()`` runs against a stub aiohttp session whose
 response hands out one pre-built SSE event per ``readany()`` (one token per read, what a live
 upstream does), so what is timed is exactly the per-chunk gateway work: SSE decoding, JSON parsing,
-translation to canonical chunks and ``StreamEncoder`` serialisation of the client's bytes. Every
+translation to canonical chunks and ``StreamState`` + ``ChunkEncoder`` serialisation of the client's bytes. Every
 stream has the same number of content deltas (``--chunks``, plus the provider's framing events).
 Rounds interleave the providers so machine noise hits all alike; the median round is reported.
 
@@ -29,12 +29,13 @@ from typing import Any, cast
 import aiohttp
 
 from sluicegate.config import Deployment
-from sluicegate.http.sse import StreamEncoder
 from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.base import StreamStats
 from sluicegate.providers.gemini import GeminiProvider
 from sluicegate.providers.openai_compat import OpenAICompatProvider
+from sluicegate.service.state import StreamState
 from sluicegate.types import ChatRequest
+from sluicegate.wire.openai_chat.encode import ChunkEncoder
 
 WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 
@@ -171,18 +172,19 @@ async def run_streams(name: str, parts: list[bytes], streams: int) -> tuple[floa
     request = ChatRequest(
         model="bench",
         messages=[{"role": "user", "content": "hi"}],
-        body={"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        params={"stream": True},
         stream=True,
         include_usage=True,
     )
     out = 0
     t0 = time.process_time()
     for _ in range(streams):
-        encoder = StreamEncoder("chatcmpl-bench", 1741570283, "bench", include_usage=True)
+        state = StreamState()
+        encoder = ChunkEncoder("chatcmpl-bench", 1741570283, "bench", include_usage=True)
         out = 0
         async for batch in adapter.stream(request, deployment, "req-bench", StreamStats()):
-            out += len(encoder.encode(batch))
-        assert encoder.complete and encoder.usage is not None, name
+            out += len(encoder.encode(state.feed(batch)))
+        assert state.complete and state.usage is not None, name
     return time.process_time() - t0, out
 
 

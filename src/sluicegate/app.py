@@ -1,253 +1,174 @@
-"""Composition root: the one place that builds concrete clients, adapters and services.
+"""Composition root: the one place that builds concrete clients, adapters, policies and services.
 
-``Gateway`` owns every resource of one process (no module-level state); the ASGI ``App`` opens them
-in the lifespan and closes them on shutdown.
+``Gateway`` owns every resource of one serving process (no module-level state): the ``Runtime`` (stores,
+identity, bus) shared with the CLI, plus the recorder, the upstream session, the adapters, the router and
+the service. The ASGI ``App`` opens it in the lifespan and closes it on shutdown; handlers receive only the
+narrow ``http.deps.Services`` view of it. Nothing here changes process-wide state (GC tuning, signal
+handlers): that is the serve command's business (``cli.serve``), so an embedding host keeps its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
 import time
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .admin import Admin
-from .auth.authenticator import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .config import GatewayConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
+from .hooks import Policy, PolicyChain, Sink
 from .http.asgi import Receive, Request, Scope, Send, send_error
+from .http.deps import Services
 from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
 from .http.shedding import LoadShedder
 from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
 from .metering.tokens import TokenCounter
 from .observability import Observability
-from .policies.base import Policy, PolicyChain
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp import DlpEngines, DlpPolicy
 from .policies.ratelimit import Limiter, LocalLimiter, RateLimitPolicy, RedisLimiter
-from .providers.anthropic import AnthropicProvider
 from .providers.base import Provider
-from .providers.demo import DemoProvider
-from .providers.gemini import GeminiProvider
-from .providers.openai_compat import OpenAICompatProvider
-from .routing.circuit import CircuitBreaker
+from .providers.registry import PROVIDERS, Deps, ProviderRegistry
+from .routing.circuit import CircuitBreaker, CircuitSharing
 from .routing.router import Router
-from .service import ChatService, OpenStream
+from .runtime import Runtime
+from .service import ChatService, StreamRegistry
 from .settings import Settings
-from .storage.audit import AuditEntry
-from .storage.db import create_engine
-from .storage.identity import IdentityStore
-from .storage.migrations import migrate
-from .storage.usage import UsageStore
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0
-# The cyclic collector runs when net allocations pass the first number. CPython's 700 is crossed all the time by
-# requests in flight (64 of them hold thousands of objects), so it ran ~3,000 times in 30 s of load, promoting
-# live request objects into older generations that then had to be walked again: 3-4 % of the gateway's CPU
-# under non-streaming load, 9 % (with 140 ms full-collection pauses) while 5,000 streams opened. Requests make
-# almost no reference cycles, so at 10,000 it runs ~15 times in the same 30 s; the garbage it may hold
-# meanwhile is bounded by those 10,000 objects. Measured with benchmarks/bench_features.py and bench_streams.py
-# (docs/benchmarks.md).
-GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class Gateway:
-    """Everything one process needs to answer requests; built in the lifespan, closed on shutdown."""
+    """Everything one serving process needs to answer requests; built in the lifespan, closed on shutdown."""
 
-    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+    def __init__(self, settings: Settings, config: GatewayConfig, registry: ProviderRegistry = PROVIDERS) -> None:
         self.settings = settings
         self.config = config
+        self.registry = registry
+        self.runtime = Runtime(settings, config)
         self.started_at = int(time.time())
         self.tokens = TokenCounter()
-        self.master = MasterKeyAuthenticator(settings.master_key)
         self.session: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
-        self.engine: AsyncEngine | None = None
-        self.redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.streams: set[OpenStream] = set()  # open streams, for the graceful shutdown
-        self.observability: Observability | None = None  # built in start(): the CLI needs none
+        self.streams = StreamRegistry(config.server.drain_timeout)
+        self.observability: Observability | None = None
         self.recorder: UsageRecorder | None = None
         self.dlp = DlpEngines(config.dlp)
         self.shedder = LoadShedder(config.server.max_concurrent_requests, config.server.max_concurrent_per_key)
-        self.usage: UsageStore
-        self.draining = False
-        self.drain_expired = False
-        self.router: Router
         self.service: ChatService
-        self.authenticator: KeyAuthenticator
-        self.bus: LocalBus
-        self.admin: Admin
-        self.identity: IdentityStore
-
-    async def open_store(self) -> None:
-        """Store, migrations, identity cache and bus: shared by ``serve`` and the CLI."""
-        storage = self.config.storage
-        self.engine = create_engine(
-            self.settings.database_url, pool_size=storage.pool_size, max_overflow=storage.max_overflow
-        )
-        await migrate(self.engine)
-        self.identity = IdentityStore(self.engine)
-        self.authenticator = KeyAuthenticator(self.identity, self.master, ttl=self.config.auth.cache_ttl)
-        if self.settings.redis_url:
-            # Imported only when configured: redis-py costs a process ~8 MB it would not use otherwise.
-            from redis.asyncio import from_url as redis_from_url
-
-            self.redis = redis_from_url(self.settings.redis_url)
-            self.bus = RedisBus(self.redis, self.authenticator)
-        else:
-            self.bus = LocalBus(self.authenticator)
-        self.usage = UsageStore(self.engine)
-        self.admin = Admin(self.identity, self.bus, AdminAuditWriter(self._write_audit), self.usage)
-
-    async def _write_audit(self, entry: AuditEntry) -> None:
-        """Admin actions from a process without a recorder (the CLI) go straight to the store."""
-        await self.usage.write([], [entry])
-
-    async def close_store(self) -> None:
-        await self.bus.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.usage.close()
-        if self.engine is not None:
-            await self.engine.dispose()
+        self.services: Services
 
     async def start(self) -> None:
-        await self.open_store()
-        if isinstance(self.bus, RedisBus):
-            self.bus.start()
+        runtime = self.runtime
+        await runtime.open()
+        runtime.bus.start()
         loop = asyncio.get_running_loop()
         self.recorder = UsageRecorder(
-            self.usage,
+            runtime.usage,
             max_pending=self.config.metering.max_pending,
             audit_requests=self.config.metering.audit_requests,
         )
         self.recorder.start()
-        self.admin.set_audit(AdminAuditWriter(self.recorder.audit))
+        runtime.audit_through(AdminAuditWriter(self.recorder.audit))
         self._tasks.append(loop.create_task(self._flush_last_used()))
         self._tasks.append(loop.create_task(self._rollups()))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
-        openai = OpenAICompatProvider(self.session)
-        self.providers = {
-            "openai": openai,
-            "anthropic": AnthropicProvider(self.session),
-            "gemini": GeminiProvider(self.session),
-            "demo": DemoProvider(self.tokens),
-        }
-        missing = {d.provider for m in self.config.models for d in m.deployments} - self.providers.keys()
+        in_use = {d.provider for m in self.config.models for d in m.deployments}
+        missing = sorted(in_use - set(self.registry.names))
         if missing:
-            raise RuntimeError(f"providers not available in this build: {sorted(missing)}")
-        self.router = Router(self.config, self.providers)
-        self.breaker = CircuitBreaker(self.config.routing.circuit)
-        if isinstance(self.bus, RedisBus):
-            self.breaker.add_listener(self.bus.circuit_changed)
-            self.bus.breaker = self.breaker
-        self.observability = Observability(self.config, self.settings)
+            raise RuntimeError(f"providers not available in this build: {missing}")
+        self.providers = self.registry.build(Deps(self.session, self.tokens), in_use)
+        router = Router(self.config, self.providers, self.registry)
+        breaker = CircuitBreaker(self.config.routing.circuit)
+        if runtime.bus.shared:
+            CircuitSharing(breaker, runtime.bus)
+        self.observability = Observability(self.config, self.settings, self.registry.trace_names())
         if self.observability.metrics is not None:
-            self.breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
-        self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
-        self._install_drain_signal()
-        if any(d.provider == "demo" for m in self.config.models for d in m.deployments):
+            breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
+        chain = PolicyChain(self.policies(), self.sinks())
+        self.service = ChatService(self.config, router, self.tokens, chain, breaker)
+        self.services = Services(
+            server=self.config.server,
+            metrics_auth=self.config.observability.metrics_auth,
+            started_at=self.started_at,
+            authenticator=runtime.authenticator,
+            master=runtime.master,
+            shedder=self.shedder,
+            service=self.service,
+            admin=runtime.admin,
+            observability=self.observability,
+            streams=self.streams,
+            readiness=self.readiness_problems,
+        )
+        if "demo" in in_use:
             await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
-        # Long-lived objects built at start never become garbage: keep the collector off them.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
 
     def policies(self) -> list[Policy]:
-        """The policy chain, in order: limits and budgets refuse early, DLP rewrites, sinks record last."""
+        """The policies, in order: limits and budgets refuse early, DLP rewrites."""
         limiter: Limiter
         ledger: Ledger
-        if self.redis is not None:
-            limiter, ledger = RedisLimiter(self.redis), RedisLedger(self.redis, self.usage.spent_since)
+        redis = self.runtime.redis
+        spent = self.runtime.usage.spent_since
+        if redis is not None:
+            limiter, ledger = RedisLimiter(redis), RedisLedger(redis, spent)
         else:
-            limiter, ledger = LocalLimiter(), LocalLedger(self.usage.spent_since)
+            limiter, ledger = LocalLimiter(), LocalLedger(spent)
         fail_open = self.config.limits.on_redis_error == "open"
-        metering = self.config.metering
-        prompts = metering.audit_prompt_max_chars if metering.audit_prompts else None
-        assert self.recorder is not None, "policies are built after the recorder starts"
-        assert self.observability is not None, "policies are built after observability"
         return [
-            # Sinks come first: their before-hooks never refuse, so they are in every request's policies_run
-            # and see refusals by the policies below; after-hooks run in reverse, so they still record last
-            # (the usage record after the budget is settled, metrics and logs after the record is durable).
-            *self.observability.sinks,
-            *([MeteringSink(self.recorder, audit_prompts=prompts)] if metering.enabled else []),
             RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
             DlpPolicy(self.dlp),
             BudgetPolicy(ledger, self.tokens, time.time),
         ]
 
+    def sinks(self) -> list[Sink]:
+        """What reads each finished record, in order: the usage record first (durable before the last byte),
+        then metrics, logs and traces, which then see the record as stored."""
+        metering = self.config.metering
+        prompts = metering.audit_prompt_max_chars if metering.audit_prompts else None
+        assert self.recorder is not None and self.observability is not None, "sinks are built after both"
+        return [
+            *([MeteringSink(self.recorder, audit_prompts=prompts)] if metering.enabled else []),
+            *self.observability.sinks,
+        ]
+
     async def _rollups(self) -> None:
         """Roll complete days into daily totals and prune raw rows past retention (idempotent on every replica)."""
+        usage = self.runtime.usage
         while True:
             try:
-                await self.usage.rollup()
-                await self.usage.prune(self.config.metering.retention_days)
+                await usage.rollup()
+                await usage.prune(self.config.metering.retention_days)
             except Exception as exc:  # another replica may have rolled the same day first
                 log.info("usage rollup skipped: %s", exc)
             await asyncio.sleep(self.config.metering.rollup_interval)
 
-    def _install_drain_signal(self) -> None:
-        """On SIGTERM, give open streams ``drain_timeout`` seconds, then end them with a stream_error frame.
-
-        uvicorn stops accepting and waits for in-flight requests on its own; we chain its handler.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-        except ValueError:
-            return
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(self.begin_drain)
-            if callable(previous):
-                previous(signum, frame)
-
-        try:
-            signal.signal(signal.SIGTERM, on_term)
-        except ValueError:  # not the main thread (embedded use): the host handles signals
-            return
-
-    def begin_drain(self) -> None:
-        if self.draining:
-            return
-        self.draining = True
-        log.info("draining %d open stream(s) for up to %.0f s", len(self.streams), self.config.server.drain_timeout)
-        asyncio.get_running_loop().call_later(self.config.server.drain_timeout, self._abort_streams)
-
-    def _abort_streams(self) -> None:
-        self.drain_expired = True  # streams that open from now on are ended at once (see http/openai_api.py)
-        for stream in list(self.streams):
-            stream.abort("gateway shutting down")
-
     async def _flush_last_used(self) -> None:
         """Last-use times are written in batches, never on the request path."""
+        runtime = self.runtime
         while True:
             await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
             try:
-                await self.identity.touch_keys(self.authenticator.take_last_used())
+                await runtime.identity.touch_keys(runtime.authenticator.take_last_used())
             except Exception as exc:
                 log.warning("could not record key last-use times: %s", exc)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        runtime = self.runtime
         with contextlib.suppress(Exception):
-            await self.identity.touch_keys(self.authenticator.take_last_used())
+            await runtime.identity.touch_keys(runtime.authenticator.take_last_used())
         if self.recorder is not None:
             await self.recorder.close()
-        await self.close_store()
+        await runtime.close()
         for provider in self.providers.values():
             await provider.aclose()
         if self.session is not None:
@@ -258,17 +179,24 @@ class Gateway:
     async def readiness_problems(self) -> list[str]:
         problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]
         try:
-            await self.identity.ping()
+            await self.runtime.identity.ping()
         except Exception:
             problems.append("store unreachable")
         return problems
 
 
-class App:
-    """The ASGI application: lifespan, then route lookup; errors become OpenAI envelopes here."""
+StartHook = Callable[[Gateway], None]
 
-    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+
+class App:
+    """The ASGI application: lifespan, then route lookup; errors become OpenAI envelopes here.
+
+    ``on_started`` runs once the gateway is up (the serve command tunes the process there).
+    """
+
+    def __init__(self, settings: Settings, config: GatewayConfig, on_started: StartHook | None = None) -> None:
         self.gateway = Gateway(settings, config)
+        self._on_started = on_started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -287,7 +215,7 @@ class App:
                 if scope["path"] in PATHS:
                     raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}")
                 raise NotFound(f"Unknown path {scope['path']}")
-            await handler(self.gateway, request)
+            await handler(self.gateway.services, request)
         except GatewayError as exc:
             await send_error(send, exc)
         except Exception:
@@ -300,6 +228,8 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.gateway.start()
+                    if self._on_started is not None:
+                        self._on_started(self.gateway)
                 except Exception as exc:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -311,12 +241,14 @@ class App:
                 return
 
 
-def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> App:
+def create_app(
+    settings: Settings | None = None, config: GatewayConfig | None = None, on_started: StartHook | None = None
+) -> App:
     settings = settings or Settings.from_env()
-    config = config or load_config(settings.config_path)
-    return App(settings, config)
+    config = config or load_config(settings.config_path, providers=PROVIDERS)
+    return App(settings, config, on_started)
 
 
 def app_from_env() -> Any:
-    """The uvicorn factory (``--workers`` needs an import string): settings from the environment."""
+    """An ASGI factory (``uvicorn --factory``): settings from the environment, no process tuning."""
     return create_app()

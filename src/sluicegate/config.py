@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,8 +50,28 @@ class Price(_Strict):
     output: float = Field(default=0.0, ge=0)
 
 
+Problem = tuple[tuple[str | int, ...], str]  # (path inside one deployment, message)
+
+
+class ProviderCatalog(Protocol):
+    """What the config needs to know about providers (``providers.registry``): checking one deployment."""
+
+    def check(self, deployment: Deployment) -> tuple[Any, list[Problem]]:
+        """The deployment's typed options, and what is wrong with it (the options are None if anything is)."""
+        ...
+
+
+_DEPLOYMENT_FIELDS = frozenset(
+    {"provider", "name", "model", "api_base", "api_key", "weight", "timeouts", "strict", "prefill", "options"}
+)
+
+
 class Deployment(_Strict):
-    provider: Literal["openai", "anthropic", "gemini", "demo"]
+    """One upstream that can answer a model. Settings only some providers take (``default_max_tokens``,
+    ``token_delay_ms``, ...) sit beside these in the file; they are gathered into ``options`` and checked by
+    the provider's own options model (``providers.registry``)."""
+
+    provider: str = Field(min_length=1)
     # A label for records, metrics and logs; defaults to "provider/model".
     name: str | None = None
     model: str = ""
@@ -61,29 +81,25 @@ class Deployment(_Strict):
     timeouts: Timeouts = Timeouts()
     # End the stream with stream_error on a malformed upstream event instead of dropping the event.
     strict: bool = False
-    # Whether this upstream continues a trailing assistant message (prefill). Default: Anthropic yes, others
-    # no (an OpenAI-compatible server may start a new answer instead, which would read as a duplicate).
+    # Whether this upstream continues a trailing assistant message (prefill). Default: the provider's
+    # (Anthropic yes, others no: an OpenAI-compatible server may start a new answer instead).
     prefill: bool | None = None
-    # Anthropic requires max_tokens; used when the client sends none.
-    default_max_tokens: int = Field(default=4096, gt=0)
-    # Demo provider pacing, milliseconds between tokens.
-    token_delay_ms: float = Field(default=20.0, ge=0)
-
-    @property
-    def accepts_prefill(self) -> bool:
-        return self.prefill if self.prefill is not None else self.provider == "anthropic"
+    # The provider's own settings: a dict as written, the provider's typed options once validated.
+    options: Any = None
 
     @property
     def label(self) -> str:
         return self.name or f"{self.provider}/{self.model or self.provider}"
 
-    @model_validator(mode="after")
-    def _needs_base(self) -> Deployment:
-        if self.provider == "openai" and not self.api_base:
-            raise ValueError("api_base is required for provider 'openai'")
-        if self.provider != "demo" and not self.model:
-            raise ValueError(f"model (the upstream model name) is required for provider {self.provider!r}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        extra = {k: v for k, v in data.items() if k not in _DEPLOYMENT_FIELDS}
+        if not extra:
+            return data
+        return {**{k: v for k, v in data.items() if k in _DEPLOYMENT_FIELDS}, "options": {**extra}}
 
 
 class ModelConfig(_Strict):
@@ -241,19 +257,27 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, interpolate and validate a config file; ``None`` gives the built-in demo config."""
+def load_config(
+    path: str | Path | None, environ: Mapping[str, str] | None = None, providers: ProviderCatalog | None = None
+) -> GatewayConfig:
+    """Read, interpolate and validate a config file; ``None`` gives the built-in demo config.
+
+    ``providers`` checks each deployment's provider and options (without it they are taken as written).
+    """
     if path is None:
-        return GatewayConfig.model_validate(DEMO_CONFIG)
+        config = GatewayConfig.model_validate(DEMO_CONFIG)
+        if providers is not None:
+            check_providers(config, providers)
+        return config
     environ = os.environ if environ is None else environ
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
-    return parse_config(text, environ)
+    return parse_config(text, environ, providers)
 
 
-def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
+def parse_config(text: str, environ: Mapping[str, str], providers: ProviderCatalog | None = None) -> GatewayConfig:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -267,9 +291,27 @@ def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(["line 1: the top level must be a mapping"])
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_describe(err, node) for err in exc.errors()]) from exc
+    if providers is not None:
+        check_providers(config, providers, node)
+    return config
+
+
+def check_providers(config: GatewayConfig, providers: ProviderCatalog, node: yaml.Node | None = None) -> None:
+    """Check every deployment's provider and options, and give each its typed options."""
+    problems: list[str] = []
+    for i, model in enumerate(config.models):
+        for j, deployment in enumerate(model.deployments):
+            options, found = providers.check(deployment)
+            for where, message in found:
+                path = ("models", i, "deployments", j, *where)
+                line = _line_of(node, path) if node is not None else None
+                problems.append(f"{f'line {line}: ' if line else ''}{_dotted(path)}: {message}")
+            deployment.__dict__["options"] = options  # frozen for everyone else; set once, here
+    if problems:
+        raise ConfigError(problems)
 
 
 def _interpolate(

@@ -87,15 +87,17 @@ class Completion:
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A validated client request.
+    """A validated client request, in the canonical (OpenAI chat) shape whatever API it came in by.
 
-    ``body`` is what an OpenAI-compatible upstream receives (governance fields removed, unknown
-    fields kept); adapters for other providers read the typed fields and ``messages``.
+    ``messages`` is the one copy of the conversation: DLP redaction and prefills rewrite it, and every
+    adapter reads it from here. ``params`` holds every other field the client sent, validated or unknown
+    (governance fields such as ``metadata`` removed), as an OpenAI-compatible upstream receives them
+    beside its own ``model`` and these ``messages``; adapters for other providers read the typed fields.
     """
 
     model: str
     messages: list[dict[str, Any]]
-    body: dict[str, Any]
+    params: dict[str, Any]
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None

@@ -138,7 +138,7 @@ def test_stream_cut_by_the_client_is_partial_and_estimated(gw: GatewayProcess, f
     assert rec["completion_tokens"] > 0 and rec["prompt_tokens"] > 0 and rec["cost_micro"] > 0
 
 
-def test_budget_holds_under_100_concurrent_requests(gw: GatewayProcess, fake: FakeOpenAI) -> None:
+def test_reservations_under_100_concurrent_requests(gw: GatewayProcess, fake: FakeOpenAI) -> None:
     # Each request reserves prompt (estimated 7 tokens) + max_tokens 10 at the prices: 7,000 + 20,000 = 27,000.
     # Each really costs 11*1000 + 5*2000 = 21,000. A budget of 270,000 admits exactly 10 reservations at once.
     key = new_key(gw, budget_micro=270_000)

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from sluicegate.chat_request import parse_chat_request
 from sluicegate.errors import InvalidRequest
 from sluicegate.types import ChatRequest
+from sluicegate.wire.openai_chat.decode import parse_chat_request
 
 USER = {"role": "user", "content": "hi"}
 
@@ -186,7 +186,7 @@ VALID: list[dict[str, Any]] = [
 def test_valid_fields_are_forwarded_unchanged(fields: dict[str, Any]) -> None:
     request = parse(**fields)
     for key, value in fields.items():
-        assert request.body[key] == value
+        assert request.params[key] == value
 
 
 def test_messages_of_every_role() -> None:
@@ -204,7 +204,7 @@ def test_messages_of_every_role() -> None:
     ]
     request = parse_chat_request(orjson.dumps({"model": "m", "messages": messages}))
     assert request.messages == messages
-    assert request.body["messages"] == messages
+    assert "messages" not in request.params  # one copy of the conversation
 
 
 def test_typed_fields() -> None:
@@ -240,8 +240,8 @@ def test_unknown_fields_pass_through() -> None:
     }
     request = parse(**future)
     for key, value in future.items():
-        assert request.body[key] == value
-    assert request.body["model"] == "m" and request.body["messages"] == [USER]
+        assert request.params[key] == value
+    assert "model" not in request.params and request.messages == [USER]
 
 
 def test_governance_fields_are_stripped() -> None:
@@ -254,16 +254,16 @@ def test_governance_fields_are_stripped() -> None:
         keep_me=True,
     )
     assert request.metadata == {"team": "search", "ticket": "T-1"}
-    assert set(request.body) == {"model", "messages", "keep_me"}
+    assert set(request.params) == {"keep_me"}
 
 
 def test_metadata_at_openais_limits_is_kept_and_never_forwarded() -> None:
     largest = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
     request = parse(metadata=largest)
-    assert request.metadata == largest and "metadata" not in request.body
+    assert request.metadata == largest and "metadata" not in request.params
     assert parse(metadata=None).metadata is None and parse(metadata={}).metadata is None
 
 
 def test_stream_options_forwarded_with_stream() -> None:
     request = parse(stream=True, stream_options={"include_usage": True, "include_obfuscation": False})
-    assert request.body["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert request.params["stream_options"] == {"include_usage": True, "include_obfuscation": False}

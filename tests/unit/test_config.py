@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sluicegate.config import ConfigError, load_config, parse_config
+from sluicegate.providers.registry import PROVIDERS
 
 GOOD = """\
 models:
@@ -29,7 +30,7 @@ models:
 
 def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config(text, environ or {})
+        parse_config(text, environ or {}, PROVIDERS)
     assert info.value.problems
     assert all(p in str(info.value) for p in info.value.problems)
     return info.value.problems

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sluicegate.config import CircuitConfig, GatewayConfig
 from sluicegate.errors import RateLimited
+from sluicegate.hooks import Policy, PolicyChain
 from sluicegate.observability.logs import (
     FIELDS,
     JsonFormatter,
@@ -23,7 +24,7 @@ from sluicegate.observability.logs import (
 )
 from sluicegate.observability.metrics import OTHER, Metrics, MetricsSink, gateway_overhead_ms
 from sluicegate.observability.tracing import TraceSink, otlp_traces_url
-from sluicegate.policies.base import Policy, PolicyChain
+from sluicegate.providers.registry import PROVIDERS
 from sluicegate.records import Attempt, RequestRecord
 from sluicegate.routing.circuit import CircuitBreaker
 from sluicegate.routing.router import deployment_key
@@ -195,7 +196,7 @@ def test_circuit_gauge_listens_to_local_and_remote_changes_and_the_bus_to_local_
     assert bus == [(key, "open"), (key, "closed")]  # never echoes a remote change back
 
 
-async def test_sinks_first_in_the_chain_see_refusals_by_later_policies() -> None:
+async def test_sinks_see_refusals_by_policies() -> None:
     class Refuse(Policy):
         async def before(self, ctx: Any) -> None:
             raise RateLimited("slow down")
@@ -205,7 +206,7 @@ async def test_sinks_first_in_the_chain_see_refusals_by_later_policies() -> None
         policies_run: list[Policy] = []
 
     m = Metrics(CONFIG)
-    chain = PolicyChain([MetricsSink(m), Refuse()])
+    chain = PolicyChain([Refuse()], [MetricsSink(m)])
     ctx: Any = Ctx()
     with pytest.raises(RateLimited):
         await chain.before(ctx)
@@ -282,7 +283,7 @@ def test_log_format_choice_and_config() -> None:
 
 def test_span_tree_of_a_request_with_one_retry() -> None:
     exporter = InMemorySpanExporter()
-    sink = TraceSink.with_exporter(CONFIG, exporter)
+    sink = TraceSink.with_exporter(CONFIG, exporter, PROVIDERS.trace_names())
     t0 = 1_700_000_000.0
     attempts = [
         Attempt("gpt-x", "a", False, "upstream_error", 500, 20.0, started_at=t0 + 0.001, ended_at=t0 + 0.021),

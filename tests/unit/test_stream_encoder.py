@@ -1,4 +1,4 @@
-"""``StreamEncoder`` enforces SPEC §5 whatever the upstream sends; the adapter path is split-invariant.
+"""The stream state and chat encoder enforce SPEC §5 whatever the upstream sends; the adapter path is split-invariant.
 
 Property tests: random canonical chunk sequences (content pieces, tool-call openings and fragments with arbitrary
 upstream indexes, repeated roles, finish riding on content, junk after the finish) always encode to a stream that
@@ -22,12 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluicegate.config import Deployment
-from sluicegate.http import sse as http_sse
-from sluicegate.http.sse import DONE, StreamEncoder, stream_error_frame
 from sluicegate.providers.base import StreamStats
 from sluicegate.providers.openai_compat import _parse_chunk
 from sluicegate.providers.sse import SseDecoder
+from sluicegate.service import state as stream_state
 from sluicegate.types import ChatChunk, ChoiceDelta, Usage
+from sluicegate.wire.openai_chat.encode import DONE, stream_error_frame
+from tests.support.encoding import ClientStream
 
 CID = "chatcmpl-test123"
 CREATED = 1764200000
@@ -134,13 +135,13 @@ def chunk_sequences(draw: st.DrawFn, max_choices: int = 2) -> list[ChatChunk]:
 @contextmanager
 def deterministic_call_ids() -> Iterator[None]:
     counter = itertools.count()
-    with mock.patch.object(http_sse, "_call_id", lambda: f"call_gen{next(counter)}"):
+    with mock.patch.object(stream_state, "_call_id", lambda: f"call_gen{next(counter)}"):
         yield
 
 
-def encode_batches(batches: list[list[ChatChunk]], include_usage: bool) -> tuple[bytes, StreamEncoder]:
+def encode_batches(batches: list[list[ChatChunk]], include_usage: bool) -> tuple[bytes, ClientStream]:
     with deterministic_call_ids():
-        encoder = StreamEncoder(CID, CREATED, MODEL, include_usage)
+        encoder = ClientStream(CID, CREATED, MODEL, include_usage)
         return b"".join(encoder.encode(batch) for batch in batches), encoder
 
 
@@ -254,7 +255,7 @@ def test_exact_bytes_of_a_short_stream() -> None:
 
 
 def test_usage_frame_and_error_frame() -> None:
-    encoder = StreamEncoder(CID, CREATED, MODEL, include_usage=True)
+    encoder = ClientStream(CID, CREATED, MODEL, include_usage=True)
     frame = encoder.usage_frame(Usage(prompt_tokens=3, completion_tokens=4))
     (chunk,) = parse_frames(frame)
     assert chunk["choices"] == [] and chunk["usage"]["total_tokens"] == 7 and chunk["id"] == CID
@@ -308,7 +309,7 @@ def run_adapter_path(pieces: list[bytes]) -> tuple[bytes, bool]:
     stats = StreamStats()
     out: list[bytes] = []
     with deterministic_call_ids():
-        encoder = StreamEncoder(CID, CREATED, MODEL, include_usage=True)
+        encoder = ClientStream(CID, CREATED, MODEL, include_usage=True)
         for piece in pieces:
             batch = []
             done = False

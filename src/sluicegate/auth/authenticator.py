@@ -1,4 +1,4 @@
-"""Authentication with a warm cache, and the bus that keeps every process's cache honest.
+"""Authentication with a warm cache, kept honest by identity events on the bus.
 
 A verified key is cached in memory for ``ttl`` seconds, so the hot path costs one SHA-256 and one dict
 lookup, not a database round trip. Changes (revoke, rotate, grants) drop cached entries at once on this
@@ -10,29 +10,22 @@ on other processes is bounded by ``ttl``. A store outage never lets an unknown k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..bus import LocalBus
 from ..errors import AuthenticationFailed, StoreUnavailable
 from ..storage.identity import IdentityStore, KeyRow
 from ..types import Principal
 from .keys import PREFIX_LEN, looks_like_key
 
-if TYPE_CHECKING:
-    from ..routing.circuit import CircuitBreaker
+log = logging.getLogger("sluicegate.identity")
 
-log = logging.getLogger("sluicegate.auth.authenticator")
-
-CHANNEL = "sluicegate:identity"
 _MAX_ENTRIES = 100_000
 # One message for missing, malformed, unknown, revoked and expired keys: a caller cannot probe which.
 INVALID_KEY_MESSAGE = "Incorrect or missing API key. Pass a valid key as 'Authorization: Bearer <key>'."
@@ -139,97 +132,18 @@ class KeyAuthenticator:
         return used
 
 
-class LocalBus:
-    """Invalidates this process only (no Redis configured); other processes rely on the TTL."""
+class IdentityEvents:
+    """Announces identity changes (``admin.IdentityBus``) and applies every process's to the key cache."""
 
-    def __init__(self, auth: KeyAuthenticator | None = None) -> None:
-        self.auth = auth
-
-    async def key_changed(self, key_id: str) -> None:
-        if self.auth is not None:
-            self.auth.forget_key(key_id)
-
-    async def group_changed(self, group_name: str) -> None:
-        if self.auth is not None:
-            self.auth.forget_group(group_name)
-
-    async def aclose(self) -> None:
-        return None
-
-
-class RedisBus(LocalBus):
-    """Publishes identity changes on Redis and applies everyone's, including other replicas'."""
-
-    def __init__(self, redis: Any, auth: KeyAuthenticator | None = None) -> None:
-        super().__init__(auth)
-        self._redis = redis
-        self._task: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
-        self.subscribed = asyncio.Event()
-        self.breaker: CircuitBreaker | None = None
-        self._origin = uuid.uuid4().hex
-
-    def circuit_changed(self, key: str, state: str) -> None:
-        """Called synchronously by the breaker; the publish runs in the background."""
-        task = asyncio.get_running_loop().create_task(
-            self._publish({"kind": "circuit", "key": key, "state": state, "origin": self._origin})
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    def __init__(self, bus: LocalBus, auth: KeyAuthenticator | None = None) -> None:
+        self._bus = bus
+        if auth is not None:
+            bus.subscribe("key", lambda m: auth.forget_key(str(m.get("id"))))
+            bus.subscribe("group", lambda m: auth.forget_group(str(m.get("name"))))
+            bus.on_resubscribe(auth.forget_all)  # messages may have been missed while unsubscribed
 
     async def key_changed(self, key_id: str) -> None:
-        await super().key_changed(key_id)
-        await self._publish({"kind": "key", "id": key_id})
+        await self._bus.publish("key", {"id": key_id})
 
     async def group_changed(self, group_name: str) -> None:
-        await super().group_changed(group_name)
-        await self._publish({"kind": "group", "name": group_name})
-
-    async def _publish(self, message: dict[str, str]) -> None:
-        try:
-            await self._redis.publish(CHANNEL, orjson.dumps(message))
-        except Exception as exc:  # the local change is done; others fall back to the TTL
-            log.error("could not publish an identity change to Redis (%s); other replicas rely on the TTL", exc)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._listen())
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    if self.auth is not None:
-                        self.auth.forget_all()  # anything may have changed while we were not listening
-                    self.subscribed.set()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._apply(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.subscribed.clear()
-                log.warning("identity subscription to Redis lost (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-
-    def _apply(self, data: Any) -> None:
-        try:
-            message = orjson.loads(data)
-        except (orjson.JSONDecodeError, TypeError):
-            return
-        if message.get("kind") == "circuit":
-            if self.breaker is not None and message.get("origin") != self._origin:
-                self.breaker.apply_remote(str(message.get("key")), str(message.get("state")))
-            return
-        if self.auth is None:
-            return
-        if message.get("kind") == "key":
-            self.auth.forget_key(str(message.get("id")))
-        elif message.get("kind") == "group":
-            self.auth.forget_group(str(message.get("name")))
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._bus.publish("group", {"name": group_name})

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import logging.config
-import math
-import os
-import shutil
-import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import click
 
 from ..config import ConfigError, load_config
+from ..providers.registry import PROVIDERS
 from .admin import audit, groups, keys, migrate, usage
+from .serve import serve
 
 
 @click.group()
@@ -25,110 +18,12 @@ def main() -> None:
     """sluicegate: an OpenAI-compatible LLM gateway."""
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--log-level", default="info", show_default=True)
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "text", "auto"]),
-    default="auto",
-    show_default=True,
-    help="JSON lines, or one readable line per event; auto: text on a terminal, JSON otherwise.",
-)
-def serve(config_path: str | None, host: str, port: int, workers: int, log_level: str, log_format: str) -> None:
-    """Run the gateway (the built-in demo model when no config is given)."""
-    import uvicorn
-
-    from ..observability.logs import log_config, resolve_format
-
-    logging_config = log_config(resolve_format(log_format, sys.stderr.isatty()), log_level)
-    logging.config.dictConfig(logging_config)
-    log = logging.getLogger("sluicegate.cli")
-
-    config_path = config_path or os.environ.get("SLUICEGATE_CONFIG") or None
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if config_path:
-        # Workers are separate processes that build the app from the environment.
-        os.environ["SLUICEGATE_CONFIG"] = os.path.abspath(config_path)
-    else:
-        os.environ.pop("SLUICEGATE_CONFIG", None)
-    if workers > 1 and not os.environ.get("SLUICEGATE_REDIS_URL"):
-        log.warning(
-            "--workers %d without SLUICEGATE_REDIS_URL: rate limits and budgets are kept per worker (up to %dx), "
-            "and revocations reach other workers only when their key cache expires; see docs/deploy.md",
-            workers,
-            workers,
-        )
-    if not os.environ.get("SLUICEGATE_MASTER_KEY"):
-        log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
-    log.info("sluicegate serving %d model(s) on http://%s:%d/v1", len(config.models), host, port)
-    with _prometheus_multiproc_dir(workers):
-        # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done, after restoring the
-        # handler it found; a no-op handler here makes that final re-raise harmless, so a drained exit is 0.
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        uvicorn.run(
-            "sluicegate.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level=log_level,
-            # uvicorn applies it in every worker process (our own dictConfig above covers only this one).
-            log_config=logging_config,
-            # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
-            timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
-            backlog=config.server.backlog,
-            timeout_keep_alive=math.ceil(config.server.keepalive_timeout),
-            # No proxy header rewriting: the gateway never trusts client-supplied addresses (and it costs ~1%).
-            proxy_headers=False,
-            server_header=False,
-        )
-
-
-@contextlib.contextmanager
-def _prometheus_multiproc_dir(workers: int) -> Iterator[None]:
-    """Several workers share their metrics through files in PROMETHEUS_MULTIPROC_DIR, fresh for each start.
-
-    Files left by an earlier run would be added to this run's counters, so an operator's own directory is
-    emptied first; without one, a temporary directory is made and removed at exit. The variable must be set
-    before the workers import prometheus_client, which reads it once at import.
-    """
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(given, name))
-        yield
-        return
-    if workers == 1:
-        yield
-        return
-    path = tempfile.mkdtemp(prefix="sluicegate-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    try:
-        yield
-    finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
     """Validate a config file without starting; exit 1 and name each problem if it is invalid."""
     try:
-        config = load_config(path)
+        config = load_config(path, providers=PROVIDERS)
     except ConfigError as exc:
         click.echo(f"{path}: invalid", err=True)
         for problem in exc.problems:
@@ -138,6 +33,7 @@ def check_config(path: str) -> None:
     click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments)")
 
 
+main.add_command(serve)
 main.add_command(groups)
 main.add_command(keys)
 main.add_command(migrate)

@@ -15,6 +15,8 @@ import click
 from ..admin import Admin
 from ..config import ConfigError, load_config
 from ..errors import GatewayError
+from ..providers.registry import PROVIDERS
+from ..runtime import Runtime
 from ..settings import Settings
 
 T = TypeVar("T")
@@ -22,19 +24,17 @@ T = TypeVar("T")
 
 @contextlib.asynccontextmanager
 async def _admin() -> AsyncIterator[Admin]:
-    from ..app import Gateway
-
     settings = Settings.from_env()
     try:
-        config = load_config(settings.config_path)
+        config = load_config(settings.config_path, providers=PROVIDERS)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    gw = Gateway(settings, config)
-    await gw.open_store()
+    runtime = Runtime(settings, config)
+    await runtime.open()
     try:
-        yield gw.admin
+        yield runtime.admin
     finally:
-        await gw.close_store()
+        await runtime.close()
 
 
 def _run(op: Callable[[Admin], Awaitable[T]]) -> T:

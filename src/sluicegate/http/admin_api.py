@@ -35,13 +35,13 @@ from ..errors import AuthenticationFailed, GatewayError, InvalidRequest, MethodN
 from .asgi import Request, send_error, send_json
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from .deps import Services
 
 PREFIX = "/admin/v1/"
 _MAX_ADMIN_BODY = 1024 * 1024
 
 
-async def dispatch(gw: Gateway, request: Request) -> None:
+async def dispatch(gw: Services, request: Request) -> None:
     try:
         credential = extract_credential(request.header(b"authorization"), request.header(b"x-api-key"))
         if not gw.master.is_master(credential):
@@ -73,7 +73,7 @@ def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": items}
 
 
-async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, Any]:
+async def _route(gw: Services, request: Request, parts: list[str]) -> tuple[int, Any]:
     admin = gw.admin
     method = request.method
     match parts:

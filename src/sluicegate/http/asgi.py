@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError, RequestTooLarge
-from .errors import error_body
+from ..wire.openai_chat.encode import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,9 +88,15 @@ async def send_json(send: Send, status: int, obj: Any, headers: dict[str, str] |
     await send_bytes(send, status, orjson.dumps(obj), JSON, headers)
 
 
-async def send_error(send: Send, exc: GatewayError, headers: dict[str, str] | None = None) -> None:
+ErrorRenderer = Callable[[GatewayError, "str | None"], bytes]
+
+
+async def send_error(
+    send: Send, exc: GatewayError, headers: dict[str, str] | None = None, render: ErrorRenderer = error_body
+) -> None:
+    """The error as an HTTP response; ``render`` is the wire format's envelope (OpenAI's by default)."""
     merged = {**exc.headers, **(headers or {})}
-    await send_bytes(send, exc.status, error_body(exc, merged.get("x-request-id")), JSON, merged)
+    await send_bytes(send, exc.status, render(exc, merged.get("x-request-id")), JSON, merged)
 
 
 async def watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: list[bool]) -> None:

@@ -11,14 +11,14 @@ from ..observability.metrics import CONTENT_TYPE
 from .asgi import Request, send_bytes
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from .deps import Services
 
 
-async def metrics(gw: Gateway, request: Request) -> None:
+async def metrics(gw: Services, request: Request) -> None:
     registry = gw.observability.metrics if gw.observability is not None else None
     if registry is None:
         raise NotFound("Unknown path /metrics")  # metrics are off in the config
-    if gw.config.observability.metrics_auth:
+    if gw.metrics_auth:
         credential = extract_credential(request.header(b"authorization"), request.header(b"x-api-key"))
         principal = await gw.authenticator.authenticate(credential)
         if not principal.is_admin:

@@ -9,9 +9,9 @@ from . import admin_api, health, metrics_api, openai_api
 from .asgi import Request
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from .deps import Services
 
-Handler = Callable[["Gateway", Request], Awaitable[None]]
+Handler = Callable[["Services", Request], Awaitable[None]]
 
 ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/chat/completions"): openai_api.chat_completions,

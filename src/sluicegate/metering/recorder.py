@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..policies.base import Policy
 from ..records import RequestRecord
 from ..storage.audit import AuditEntry
 from ..storage.batch_writer import UsageRow
 from ..storage.usage import UsageStore, usage_row
 
 if TYPE_CHECKING:
-    from ..service import RequestContext
+    from ..hooks import RequestContext
 
 log = logging.getLogger("sluicegate.metering")
 
@@ -210,7 +209,7 @@ def prompt_text(messages: list[dict[str, Any]], max_chars: int) -> str:
     return text[:max_chars] + f"...[truncated: {len(text)} characters in all]"
 
 
-class MeteringSink(Policy):
+class MeteringSink:
     """Writes the record (and its audit entry) before the response ends.
 
     ``audit_prompts``: the most characters of each request's messages to keep in its audit entry (prompt logging),
@@ -224,7 +223,7 @@ class MeteringSink(Policy):
         self._recorder = recorder
         self._audit_prompts = audit_prompts
 
-    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+    async def finished(self, ctx: RequestContext, record: RequestRecord) -> None:
         try:
             for event in ctx.dlp_events:
                 await self._recorder.audit(

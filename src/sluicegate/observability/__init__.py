@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..records import RequestRecord
@@ -19,7 +20,7 @@ from .sink import RecordSink
 if TYPE_CHECKING:
     from ..config import GatewayConfig
     from ..errors import GatewayError
-    from ..service import RequestContext
+    from ..hooks import RequestContext
     from ..settings import Settings
     from ..types import ChatRequest, Principal
     from .tracing import TraceSink
@@ -38,7 +39,7 @@ class _FanOut(RecordSink):
         self.parts = parts
         self._metrics = metrics
 
-    async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
+    async def finished(self, ctx: RequestContext, record: RequestRecord) -> None:
         self.observe(record)
         if self._metrics is not None:
             for event in ctx.dlp_events:  # what DLP did lives on the context, not in the record
@@ -53,9 +54,10 @@ class _FanOut(RecordSink):
 
 
 class Observability:
-    """The sinks of one process; ``sinks`` is what goes into the policy chain (empty when all are off)."""
+    """The sinks of one process; ``sinks`` is what goes into the hook chain (empty when all are off)."""
 
-    def __init__(self, config: GatewayConfig, settings: Settings) -> None:
+    def __init__(self, config: GatewayConfig, settings: Settings, systems: Mapping[str, str]) -> None:
+        """``systems``: each provider's ``gen_ai.system`` name for traces (``providers.registry``)."""
         obs = config.observability
         self.metrics: Metrics | None = None
         parts: list[RecordSink] = []
@@ -69,7 +71,7 @@ class Observability:
         if endpoint:
             from .tracing import TraceSink
 
-            self.tracing = TraceSink.otlp(config, endpoint, obs.service_name)
+            self.tracing = TraceSink.otlp(config, endpoint, obs.service_name, systems)
             parts.append(self.tracing)
         self._fan_out = _FanOut(parts, self.metrics)
         self.sinks: list[RecordSink] = [self._fan_out] if parts else []

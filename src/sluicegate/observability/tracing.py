@@ -16,6 +16,7 @@ Not traced yet: storage writes (usage records, key last-use batches) and trace-c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -33,8 +34,6 @@ from .sink import RecordSink
 if TYPE_CHECKING:
     from ..records import Attempt, RequestRecord
 
-# gen_ai.system / gen_ai.provider.name values for our provider kinds (the conventions' well-known names).
-GEN_AI_SYSTEMS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "demo": "sluicegate.demo"}
 _FAILED = frozenset(("failed", "interrupted"))
 
 
@@ -49,7 +48,15 @@ class TraceSink(RecordSink):
 
     name = "tracing"
 
-    def __init__(self, config: GatewayConfig, processor: SpanProcessor, service_name: str = "sluicegate") -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        processor: SpanProcessor,
+        systems: Mapping[str, str],
+        service_name: str = "sluicegate",
+    ) -> None:
+        # gen_ai.system / gen_ai.provider.name of each provider kind (the conventions' well-known names).
+        self._systems = systems
         self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("sluicegate")
@@ -58,19 +65,20 @@ class TraceSink(RecordSink):
         }
 
     @classmethod
-    def otlp(cls, config: GatewayConfig, endpoint: str, service_name: str) -> TraceSink:
+    def otlp(cls, config: GatewayConfig, endpoint: str, service_name: str, systems: Mapping[str, str]) -> TraceSink:
         # Imported here so the in-memory exporter of the tests needs no OTLP/protobuf stack.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return cls(config, BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_traces_url(endpoint))), service_name)
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_traces_url(endpoint)))
+        return cls(config, processor, systems, service_name)
 
     @classmethod
     def with_exporter(
-        cls, config: GatewayConfig, exporter: SpanExporter, service_name: str = "sluicegate"
+        cls, config: GatewayConfig, exporter: SpanExporter, systems: Mapping[str, str], service_name: str = "sluicegate"
     ) -> TraceSink:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-        return cls(config, SimpleSpanProcessor(exporter), service_name)
+        return cls(config, SimpleSpanProcessor(exporter), systems, service_name)
 
     def observe(self, record: RequestRecord) -> None:
         start = _ns(record.started_at)
@@ -91,7 +99,9 @@ class TraceSink(RecordSink):
             attributes["gen_ai.response.model"] = record.model
         served = self._deployments.get((record.model or "", record.deployment or ""))
         if served is not None:
-            attributes["gen_ai.system"] = attributes["gen_ai.provider.name"] = GEN_AI_SYSTEMS[served.provider]
+            attributes["gen_ai.system"] = attributes["gen_ai.provider.name"] = self._systems.get(
+                served.provider, served.provider
+            )
             attributes["sluicegate.deployment"] = served.label
         if record.usage is not None:
             attributes["gen_ai.usage.input_tokens"] = record.usage.prompt_tokens
@@ -133,7 +143,9 @@ class TraceSink(RecordSink):
             "sluicegate.deployment": attempt.deployment,
         }
         if deployment is not None:
-            attributes["gen_ai.system"] = attributes["gen_ai.provider.name"] = GEN_AI_SYSTEMS[deployment.provider]
+            attributes["gen_ai.system"] = attributes["gen_ai.provider.name"] = self._systems.get(
+                deployment.provider, deployment.provider
+            )
             if deployment.api_base:
                 url = urlsplit(deployment.api_base)
                 if url.hostname:

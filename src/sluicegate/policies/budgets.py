@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import BudgetExceeded, StoreUnavailable
+from ..hooks import Policy, Reservation
 from ..metering.pricing import ceil_micro
 from ..metering.tokens import TokenCounter
 from ..types import Limits, Principal
-from .base import Policy
 
 if TYPE_CHECKING:
+    from ..hooks import RequestContext
     from ..records import RequestRecord
-    from ..service import RequestContext
 
 log = logging.getLogger("sluicegate.budgets")
 
@@ -64,7 +64,9 @@ class Ledger(Protocol):
         """Reserve ``amount`` on all accounts, or none; return the account that refused, if any."""
         ...
 
-    async def settle(self, accounts: list[Account], reserved: int, actual: int) -> None: ...
+    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
+        """Replace the reservation on the accounts named by ``keys`` (``Account.key``) with the real cost."""
+        ...
 
 
 class LocalLedger:
@@ -88,9 +90,9 @@ class LocalLedger:
             book[1] += amount
         return None
 
-    async def settle(self, accounts: list[Account], reserved: int, actual: int) -> None:
-        for account in accounts:
-            book = self._books.get(account.key)
+    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
+        for key in keys:
+            book = self._books.get(key)
             if book is not None:
                 book[0] += actual
                 book[1] -= reserved
@@ -135,11 +137,11 @@ class RedisLedger:
                 await self._redis.expire(key, ttl)
         raise StoreUnavailable("The budget ledger could not be initialised; try again shortly.")
 
-    async def settle(self, accounts: list[Account], reserved: int, actual: int) -> None:
+    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            for a in accounts:
-                pipe.hincrby(self._prefix + a.key, "reserved", -reserved)
-                pipe.hincrby(self._prefix + a.key, "spent", actual)
+            for key in keys:
+                pipe.hincrby(self._prefix + key, "reserved", -reserved)
+                pipe.hincrby(self._prefix + key, "spent", actual)
             await pipe.execute()
 
 
@@ -175,11 +177,10 @@ class BudgetPolicy(Policy):
         if not accounts:
             return
         model = ctx.model
-        assert model is not None
-        if ctx.prompt_estimate is None:
-            ctx.prompt_estimate = self._tokens.count_messages(ctx.request.messages)
-        max_out = ctx.request.max_tokens or model.deployments[0].default_max_tokens
-        estimate = ceil_micro(ctx.prompt_estimate, model.price.input) + ceil_micro(
+        if ctx.prompt_tokens is None:
+            ctx.prompt_tokens = self._tokens.count_messages(ctx.request.messages)
+        max_out = ctx.request.max_tokens or ctx.default_max_tokens
+        estimate = ceil_micro(ctx.prompt_tokens, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output
         )
         refused = await self._ledger.reserve(accounts, estimate)
@@ -189,15 +190,14 @@ class BudgetPolicy(Policy):
                 f"The request would exceed {whose} {_period_name(refused.period_id)} credit budget"
                 " (the estimate reserves the prompt plus max_tokens)."
             )
-        ctx.budget_hold = (accounts, estimate)
+        ctx.reservation = Reservation(tuple(a.key for a in accounts), estimate)
 
     async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
-        hold = ctx.budget_hold
+        hold = ctx.reservation
         if hold is None:
             return
-        accounts, reserved = hold
-        ctx.budget_hold = None
-        await self._ledger.settle(accounts, reserved, record.cost_micro)
+        ctx.reservation = None
+        await self._ledger.settle(hold.accounts, hold.amount, record.cost_micro)
 
 
 def _account(scope: str, ident: str, limits: Limits, now: float) -> Account:

@@ -12,27 +12,18 @@ request context for the audit log and metrics; matched text is never stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..dlp import Engine, StreamRedactor, redact_messages, scan_messages
 from ..dlp.config import DirectionConfig, DlpConfig
 from ..errors import DlpBlocked
+from ..hooks import DlpEvent, Policy, StreamFilter
 from ..types import ChatChunk, ChoiceDelta, Completion
-from .base import Policy, StreamFilter
 
 if TYPE_CHECKING:
-    from ..service import RequestContext
+    from ..hooks import RequestContext
 
 Direction = Literal["request", "response"]
-
-
-@dataclass(frozen=True, slots=True)
-class DlpEvent:
-    direction: str
-    action: str
-    detector: str
-    count: int
 
 
 class DlpEngines:
@@ -78,7 +69,6 @@ class DlpPolicy(Policy):
             redacted, findings = redact_messages(messages, engine)
             if findings:
                 ctx.request.messages = redacted
-                ctx.request.body["messages"] = redacted
         else:
             findings = scan_messages(messages, engine)
         if not findings:

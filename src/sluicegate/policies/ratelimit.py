@@ -19,13 +19,13 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import RateLimited, StoreUnavailable
+from ..hooks import Policy
 from ..metering.tokens import TokenCounter
 from ..types import Principal
-from .base import Policy
 
 if TYPE_CHECKING:
+    from ..hooks import RequestContext
     from ..records import RequestRecord
-    from ..service import RequestContext
 
 log = logging.getLogger("sluicegate.ratelimit")
 
@@ -231,7 +231,7 @@ class RateLimitPolicy(Policy):
         requests, tokens = plan.requests, plan.tokens
         if tokens:
             prompt = self._tokens.count_messages(ctx.request.messages)
-            ctx.prompt_estimate = prompt
+            ctx.prompt_tokens = prompt
             cost = prompt if prompt > 0 else 1
             buckets = requests + [Bucket(key, limit, cost, kind) for key, limit, _, kind in tokens]
         else:

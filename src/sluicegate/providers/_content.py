@@ -40,7 +40,7 @@ def text_of(content: Any, param: str) -> str:
 def max_tokens_of(req: ChatRequest, default: int) -> int:
     """``max_completion_tokens`` wins over the deprecated ``max_tokens``, as in OpenAI's API."""
     for key in ("max_completion_tokens", "max_tokens"):
-        value = req.body.get(key)
+        value = req.params.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     if req.max_tokens:
@@ -49,7 +49,7 @@ def max_tokens_of(req: ChatRequest, default: int) -> int:
 
 
 def stop_sequences(req: ChatRequest) -> list[str] | None:
-    stop = req.body.get("stop")
+    stop = req.params.get("stop")
     if stop is None:
         return None
     if isinstance(stop, str):
@@ -60,13 +60,13 @@ def stop_sequences(req: ChatRequest) -> list[str] | None:
 
 
 def refuse_n(req: ChatRequest, provider: str) -> None:
-    n = req.body.get("n", req.n)
+    n = req.params.get("n", req.n)
     if isinstance(n, int) and n > 1:
         raise InvalidRequest(f"n > 1 is not supported for {provider} models; send n=1 or omit it", param="n")
 
 
 def number(req: ChatRequest, key: str) -> float | None:
-    value = req.body.get(key)
+    value = req.params.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):

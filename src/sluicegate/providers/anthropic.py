@@ -29,6 +29,7 @@ from .anthropic_translate import (
     wants_reasoning,
 )
 from .base import StreamStats
+from .options import default_max_tokens
 from .translated_stream import translated_stream
 
 log = logging.getLogger("sluicegate.providers.anthropic")
@@ -67,7 +68,7 @@ class AnthropicProvider:
         )
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
-        body = build_request(request, deployment.model, deployment.default_max_tokens, stream=False)
+        body = build_request(request, deployment.model, default_max_tokens(deployment), stream=False)
         resp = await self._open(body, deployment, request_id, whole_body=True)
         obj = await read_json(resp)
         if not isinstance(obj, dict):
@@ -82,7 +83,7 @@ class AnthropicProvider:
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
         # Built before the call: a request that cannot be mapped is the client's 400, not an attempt.
-        body = build_request(request, deployment.model, deployment.default_max_tokens, stream=True)
+        body = build_request(request, deployment.model, default_max_tokens(deployment), stream=True)
         translator = StreamTranslator(include_reasoning=wants_reasoning(request))
         # Anthropic ends its stream with message_stop (the translator's ``done``); a body ending first is a failure.
         return translated_stream(

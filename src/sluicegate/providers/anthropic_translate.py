@@ -67,7 +67,7 @@ def wants_reasoning(req: ChatRequest) -> bool:
 def build_request(req: ChatRequest, upstream_model: str, default_max_tokens: int, stream: bool) -> dict[str, Any]:
     """The JSON body for ``POST /v1/messages``; raises ``InvalidRequest`` for what cannot be mapped."""
     refuse_n(req, "Anthropic")
-    body = req.body
+    body = req.params
     system, messages = _messages(req.messages)
     max_tokens = max_tokens_of(req, default_max_tokens)
     out: dict[str, Any] = {"model": upstream_model, "max_tokens": max_tokens, "messages": messages}
@@ -110,7 +110,7 @@ def build_request(req: ChatRequest, upstream_model: str, default_max_tokens: int
 
 
 def _thinking(req: ChatRequest, max_tokens: int) -> dict[str, Any] | None:
-    raw = req.body.get("thinking")
+    raw = req.params.get("thinking")
     if isinstance(raw, dict):
         if raw.get("type") != "enabled":
             return None
@@ -118,7 +118,7 @@ def _thinking(req: ChatRequest, max_tokens: int) -> dict[str, Any] | None:
         if not isinstance(budget, int) or isinstance(budget, bool):
             raise InvalidRequest("thinking.budget_tokens must be an integer", param="thinking.budget_tokens")
     else:
-        effort = req.body.get("reasoning_effort")
+        effort = req.params.get("reasoning_effort")
         if effort is None or effort in ("none", "minimal"):
             return None
         if effort not in THINKING_BUDGETS:

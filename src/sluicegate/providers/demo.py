@@ -15,6 +15,7 @@ from ..config import Deployment
 from ..metering.tokens import TokenCounter, message_text
 from ..types import ChatChunk, ChatRequest, ChoiceDelta, Completion, Usage
 from .base import StreamStats
+from .options import DemoOptions, options_of
 
 _TEMPLATE = (
     "Hello from sluicegate's built-in demo model. You said: \u201c{echo}\u201d. "
@@ -63,7 +64,7 @@ class DemoProvider:
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
         tokens, finish = self._plan(request)
-        delay = deployment.token_delay_ms / 1000
+        delay = options_of(deployment, DemoOptions).token_delay_ms / 1000
         yield [ChatChunk([ChoiceDelta(0, {"role": "assistant", "content": ""})])]
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         for token in tokens:

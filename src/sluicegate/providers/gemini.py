@@ -23,6 +23,7 @@ from ._http import open_post, read_json
 from .base import StreamStats
 from .gemini_stream import stream_error
 from .gemini_translate import StreamTranslator, build_request, parse_response, translate_error, wants_reasoning
+from .options import default_max_tokens
 from .translated_stream import translated_stream
 
 log = logging.getLogger("sluicegate.providers.gemini")
@@ -57,7 +58,7 @@ class GeminiProvider:
         return await open_post(self._session, url, body, headers, deployment, translate_error, whole_body=whole_body)
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
-        body = build_request(request, deployment.default_max_tokens)
+        body = build_request(request, default_max_tokens(deployment))
         resp = await self._open(self._url(deployment, "generateContent"), body, deployment, request_id, whole_body=True)
         obj = await read_json(resp)
         if not isinstance(obj, dict):
@@ -74,7 +75,7 @@ class GeminiProvider:
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
         # Built before the call: a request that cannot be mapped is the client's 400, not an attempt.
-        body = build_request(request, deployment.default_max_tokens)
+        body = build_request(request, default_max_tokens(deployment))
         translator = StreamTranslator(include_reasoning=wants_reasoning(request))
         url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
         # Gemini has no end-of-stream event: the body's end is the end, where ``finish`` checks the answer ended.

@@ -66,7 +66,7 @@ def wants_reasoning(req: ChatRequest) -> bool:
 def build_request(req: ChatRequest, default_max_tokens: int) -> dict[str, Any]:
     """The JSON body for ``models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``."""
     refuse_n(req, "Gemini")
-    body = req.body
+    body = req.params
     system, contents = _contents(req.messages)
     out: dict[str, Any] = {"contents": contents}
     if system:
@@ -102,10 +102,10 @@ def build_request(req: ChatRequest, default_max_tokens: int) -> dict[str, Any]:
 
 
 def _thinking_config(req: ChatRequest) -> dict[str, Any] | None:
-    raw = req.body.get("thinking_config")
+    raw = req.params.get("thinking_config")
     if isinstance(raw, dict):
         return dict(raw)
-    effort = req.body.get("reasoning_effort")
+    effort = req.params.get("reasoning_effort")
     if effort is None:
         return None
     if effort not in THINKING_BUDGETS:

@@ -52,8 +52,7 @@ class OpenAICompatProvider:
         )
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
-        body = dict(request.body)
-        body["model"] = deployment.model
+        body = {**request.params, "model": deployment.model, "messages": request.messages}
         body.pop("stream", None)
         resp = await self._open(body, deployment, request_id, whole_body=True)
         obj = await read_json(resp)
@@ -75,9 +74,7 @@ class OpenAICompatProvider:
     async def stream(
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
     ) -> AsyncIterator[list[ChatChunk]]:
-        body = dict(request.body)
-        body["model"] = deployment.model
-        body["stream"] = True
+        body = {**request.params, "model": deployment.model, "messages": request.messages, "stream": True}
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
         body["stream_options"] = options

@@ -1,8 +1,4 @@
-"""Retry timing and circuit breaking: when to try again, and which deployments to leave alone.
-
-Backoff is exponential with full jitter (a random wait between 0 and the capped exponential), so that
-many gateways retrying the same provider do not synchronise. A ``Retry-After`` hint is honoured when it
-is short; a longer one means "go elsewhere" rather than hold the client.
+"""Circuit breaking: which deployments to leave alone for a while.
 
 The circuit breaker counts failures per deployment in a sliding window. Once open it sends no traffic
 for ``cooldown`` seconds, then lets exactly one probe through (half-open); the probe's success closes it
@@ -12,19 +8,14 @@ them so replicas agree, the metrics show them.
 
 from __future__ import annotations
 
-import random
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import CircuitConfig, RetryConfig
-
-
-def backoff_delay(config: RetryConfig, retry_number: int, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(max, base * 2**n)]; ``retry_number`` counts from 0."""
-    ceiling = min(config.backoff_max, config.backoff_base * (2**retry_number))
-    return rng.uniform(0.0, ceiling)
+from ..bus import LocalBus
+from ..config import CircuitConfig
 
 
 @dataclass(slots=True)
@@ -127,3 +118,25 @@ class CircuitBreaker:
             circuit.failures.clear()
             circuit.probing = False
             self._changed(key, "closed", remote=True)
+
+
+class CircuitSharing:
+    """Shares this process's circuit changes on the bus and applies other processes', so replicas agree.
+
+    Only with a shared (Redis) bus: this process's own changes are already applied, so they are published
+    for the others only, and the bus never hands a process its own messages back.
+    """
+
+    def __init__(self, breaker: CircuitBreaker, bus: LocalBus) -> None:
+        self._bus = bus
+        self._pending: set[asyncio.Task[None]] = set()
+        breaker.add_listener(self._changed)
+        bus.subscribe("circuit", lambda m: breaker.apply_remote(str(m.get("key")), str(m.get("state"))))
+
+    def _changed(self, key: str, state: str) -> None:
+        """Called synchronously by the breaker; the publish runs in the background."""
+        task = asyncio.get_running_loop().create_task(
+            self._bus.publish("circuit", {"key": key, "state": state}, local=False)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

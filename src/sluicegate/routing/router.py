@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from ..config import Deployment, GatewayConfig, ModelConfig
 from ..providers.base import Provider
+from ..providers.options import default_max_tokens
+from ..providers.registry import ProviderRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,7 @@ class Target:
     provider: Provider
     is_fallback: bool
     key: str  # unique per deployment: the circuit breaker's and the metrics' handle
+    accepts_prefill: bool = False  # may continue a stream that failed after its first byte
 
 
 def deployment_key(model: ModelConfig, index: int) -> str:
@@ -30,10 +33,26 @@ def deployment_key(model: ModelConfig, index: int) -> str:
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, providers: Mapping[str, Provider], rng: random.Random | None = None):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        providers: Mapping[str, Provider],
+        registry: ProviderRegistry,
+        rng: random.Random | None = None,
+    ):
         self._models = {m.id: m for m in config.models}
         self._providers = providers
+        self._prefill = {
+            deployment_key(m, i): registry.accepts_prefill(d)
+            for m in config.models
+            for i, d in enumerate(m.deployments)
+        }
+        # A budget reserves this many output tokens when the client sets none: the most any deployment may send.
+        self._max_tokens = {m.id: max(default_max_tokens(d) for d in m.deployments) for m in config.models}
         self._rng = rng or random.Random()
+
+    def default_max_tokens(self, model: ModelConfig) -> int:
+        return self._max_tokens[model.id]
 
     def model(self, model_id: str) -> ModelConfig | None:
         return self._models.get(model_id)
@@ -56,7 +75,8 @@ class Router:
         for i in order:
             deployment = model.deployments[i]
             key = deployment_key(model, i)
-            yield Target(model, deployment, self._providers[deployment.provider], is_fallback, key)
+            provider = self._providers[deployment.provider]
+            yield Target(model, deployment, provider, is_fallback, key, self._prefill[key])
 
     def _weighted_order(self, deployments: list[Deployment]) -> list[int]:
         # Efraimidis-Spirakis: sort by u^(1/w), a weighted shuffle without replacement.

@@ -145,10 +145,10 @@ async def test_local_gcra_has_no_double_burst_at_window_edges() -> None:
 async def test_policy_headers_follow_the_tightest_bucket_of_each_kind(limiter: LocalLimiter | RedisLimiter) -> None:
     from types import SimpleNamespace
 
-    from sluicegate.chat_request import parse_chat_request
     from sluicegate.metering.tokens import TokenCounter
     from sluicegate.policies.ratelimit import RateLimitPolicy
     from sluicegate.types import Limits, Principal
+    from sluicegate.wire.openai_chat.decode import parse_chat_request
 
     ident = uuid.uuid4().hex[:8]  # fresh buckets in the shared Redis
     principal = Principal(
@@ -160,17 +160,17 @@ async def test_policy_headers_follow_the_tightest_bucket_of_each_kind(limiter: L
     seen = []
     started = time.monotonic()
     for _ in range(3):
-        ctx = SimpleNamespace(principal=principal, request=request, headers={}, prompt_estimate=None)
+        ctx = SimpleNamespace(principal=principal, request=request, headers={}, prompt_tokens=None)
         await policy.before(ctx)  # type: ignore[arg-type]
         # The group's 3 rpm is tighter than the key's 100; tokens have only the key's bucket.
         assert ctx.headers["x-ratelimit-limit-requests"] == "3"
         assert ctx.headers["x-ratelimit-limit-tokens"] == "1000"
         seen.append((ctx.headers["x-ratelimit-remaining-requests"], ctx.headers["x-ratelimit-remaining-tokens"]))
-        assert ctx.prompt_estimate is not None and ctx.prompt_estimate > 0
+        assert ctx.prompt_tokens is not None and ctx.prompt_tokens > 0
         # The completion is charged after the call: 100 tokens.
         await policy.after(ctx, SimpleNamespace(usage=Usage(prompt_tokens=1, completion_tokens=100)))  # type: ignore[arg-type]
     drained = int((time.monotonic() - started) / 0.06)  # 1,000 tpm refill one token per 60 ms meanwhile
-    prompt = ctx.prompt_estimate
+    prompt = ctx.prompt_tokens
     assert [r for r, _ in seen] == ["2", "1", "0"]
     # Each request charged its prompt before, the previous ones also their 100 completion tokens after. The
     # first is exact (a fresh bucket); the later ones may have refilled by what the elapsed time drained.
@@ -178,7 +178,7 @@ async def test_policy_headers_follow_the_tightest_bucket_of_each_kind(limiter: L
     assert tokens_left[0] == 1000 - prompt
     assert 0 <= tokens_left[1] - (1000 - 2 * prompt - 100) <= drained
     assert 0 <= tokens_left[2] - (1000 - 3 * prompt - 200) <= drained
-    refused = SimpleNamespace(principal=principal, request=request, headers={}, prompt_estimate=None)
+    refused = SimpleNamespace(principal=principal, request=request, headers={}, prompt_tokens=None)
     with pytest.raises(RateLimited) as info:
         await policy.before(refused)  # type: ignore[arg-type]
     assert info.value.headers is not None and info.value.headers["x-ratelimit-remaining-requests"] == "0"
@@ -207,7 +207,7 @@ async def test_concurrent_reservations_never_overshoot(ledger: LocalLedger | Red
     assert len(admitted) == 10
     # Each finished call costs less than it reserved: the room comes back.
     for _ in admitted[:5]:
-        await ledger.settle([account], 1_000, 400)
+        await ledger.settle((account.key,), 1_000, 400)
     assert await ledger.reserve([account], 1_000) is None  # 5*400 spent + 5*1000 reserved + 1000 <= 10000
     again = await asyncio.gather(*(ledger.reserve([account], 1_000) for _ in range(10)))
     assert sum(r is None for r in again) == 2  # 2,000 + 6,000 reserved + 2 * 1,000 = 10,000

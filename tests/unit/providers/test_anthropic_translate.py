@@ -34,8 +34,7 @@ MODEL = "claude-upstream-1"
 
 def req(messages: list[dict[str, Any]] | None = None, **body: Any) -> ChatRequest:
     messages = messages if messages is not None else [{"role": "user", "content": "hi"}]
-    full = {"model": "public", "messages": messages, **body}
-    return ChatRequest(model="public", messages=messages, body=full, n=body.get("n", 1), user=body.get("user"))
+    return ChatRequest(model="public", messages=messages, params=dict(body), n=body.get("n", 1), user=body.get("user"))
 
 
 def build(messages: list[dict[str, Any]] | None = None, **body: Any) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from tests.fakes import anthropic_upstream, gemini_upstream
+from tests.support.encoding import ClientStream
 
 from sluicegate.config import Deployment
 from sluicegate.errors import StreamInterrupted, UpstreamEmptyBody, UpstreamError, UpstreamUnavailable
-from sluicegate.http.sse import StreamEncoder
 from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.base import StreamStats
 from sluicegate.providers.gemini import GeminiProvider
@@ -67,7 +67,7 @@ def gemini_bytes(text: str) -> bytes:
 
 def request(content: str, **body: Any) -> ChatRequest:
     messages = [{"role": "user", "content": content}]
-    return ChatRequest(model="m", messages=messages, body={"model": "m", "messages": messages, **body}, stream=True)
+    return ChatRequest(model="m", messages=messages, params=dict(body), stream=True)
 
 
 async def run(provider: str, parts: list[bytes], req: ChatRequest, *, strict: bool = False) -> tuple[bytes, int, Any]:
@@ -75,7 +75,7 @@ async def run(provider: str, parts: list[bytes], req: ChatRequest, *, strict: bo
     session = cast(aiohttp.ClientSession, _Session(parts))
     adapter = AnthropicProvider(session) if provider == "anthropic" else GeminiProvider(session)
     deployment = Deployment.model_validate({"provider": provider, "model": "x", "strict": strict})
-    encoder = StreamEncoder("chatcmpl-1", 1, "m", include_usage=True)
+    encoder = ClientStream("chatcmpl-1", 1, "m", include_usage=True)
     out: list[bytes] = []
     batches = 0
     try:

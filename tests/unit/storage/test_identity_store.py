@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from sluicegate.admin import Admin
-from sluicegate.auth.authenticator import KeyAuthenticator, LocalBus, MasterKeyAuthenticator
+from sluicegate.auth.authenticator import IdentityEvents, KeyAuthenticator, MasterKeyAuthenticator
 from sluicegate.auth.keys import hash_key
+from sluicegate.bus import LocalBus
 from sluicegate.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound, StoreUnavailable
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.identity import IdentityStore
@@ -37,7 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def make(store: IdentityStore, ttl: float = 60.0) -> tuple[Admin, KeyAuthenticator]:
     auth = KeyAuthenticator(store, MasterKeyAuthenticator("sk-master"), ttl=ttl)
-    return Admin(store, LocalBus(auth)), auth
+    return Admin(store, IdentityEvents(LocalBus(), auth)), auth
 
 
 async def test_keys_are_stored_hashed_and_shown_once(store: IdentityStore) -> None:

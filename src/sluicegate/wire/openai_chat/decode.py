@@ -10,13 +10,14 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
-from .types import ChatRequest
+from ...errors import InvalidRequest
+from ...types import ChatRequest
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
-# Fields the gateway keeps for itself and never forwards, so a client cannot spoof them upstream.
-_GOVERNANCE_FIELDS = ("metadata",)
+# Fields the gateway keeps for itself and never forwards, so a client cannot spoof them upstream (``metadata``),
+# and the two the request carries typed (``model`` is the public id, ``messages`` the one copy).
+_NOT_PARAMS = frozenset({"metadata", "model", "messages"})
 _METADATA_PAIRS, _METADATA_KEY_CHARS, _METADATA_VALUE_CHARS = 16, 64, 512
 _RESERVED_PREFIX = "sluicegate"
 
@@ -72,13 +73,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise InvalidRequest("'user' must be a string", param="user")
 
     metadata = _check_metadata(body.get("metadata"))
-    forwarded = {
-        k: v for k, v in body.items() if k not in _GOVERNANCE_FIELDS and not k.lower().startswith(_RESERVED_PREFIX)
-    }
+    params = {k: v for k, v in body.items() if k not in _NOT_PARAMS and not k.lower().startswith(_RESERVED_PREFIX)}
     return ChatRequest(
         model=model,
         messages=messages,
-        body=forwarded,
+        params=params,
         stream=stream,
         include_usage=include_usage,
         max_tokens=max_tokens if max_tokens is not None else legacy_max,

@@ -28,7 +28,7 @@ from sluicegate.policies.base import Policy, PolicyChain
 
 from sluicegate.config import ModelConfig
 from sluicegate.metering.recorder import MeteringSink, UsageRecorder
-from sluicegate.metering.tokens import TokenCounter
+from sluicegate.tokens import TokenCounter
 from sluicegate.policies.budgets import BudgetPolicy, LocalLedger
 from sluicegate.policies.ratelimit import LocalLimiter, RateLimitPolicy
 from sluicegate.records import Attempt, RequestRecord

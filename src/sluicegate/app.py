@@ -27,7 +27,7 @@ from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
 from .http.shedding import LoadShedder
 from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
-from .metering.tokens import TokenCounter
+from .tokens import TokenCounter
 from .observability import Observability
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp import DlpEngines, DlpPolicy

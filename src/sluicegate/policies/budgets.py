@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import BudgetExceeded, StoreUnavailable
 from ..hooks import Policy, Reservation
-from ..metering.pricing import ceil_micro
-from ..metering.tokens import TokenCounter
+from ..pricing import ceil_micro
+from ..tokens import TokenCounter
 from ..types import Limits, Principal
 
 if TYPE_CHECKING:

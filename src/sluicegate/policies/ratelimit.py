@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import RateLimited, StoreUnavailable
 from ..hooks import Policy
-from ..metering.tokens import TokenCounter
+from ..tokens import TokenCounter
 from ..types import Principal
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import codecs
 from collections.abc import AsyncIterator
 
 from ..config import Deployment
-from ..metering.tokens import TokenCounter, message_text
+from ..tokens import TokenCounter, message_text
 from ..types import ChatChunk, ChatRequest, ChoiceDelta, Completion, Usage
 from .base import StreamStats
 from .options import DemoOptions, options_of

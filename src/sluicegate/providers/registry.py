@@ -17,7 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from ..config import Deployment, Problem
-from ..metering.tokens import TokenCounter
+from ..tokens import TokenCounter
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .demo import DemoProvider

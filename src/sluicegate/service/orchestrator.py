@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator
 from ..config import GatewayConfig, ModelConfig
 from ..errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTimeout
 from ..hooks import PolicyChain, RequestContext
-from ..metering.pricing import cost_micro
-from ..metering.tokens import TokenCounter
+from ..pricing import cost_micro
+from ..tokens import TokenCounter
 from ..policies.access import check_model_access
 from ..providers.base import StreamStats
 from ..records import RequestRecord

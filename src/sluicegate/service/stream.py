@@ -14,17 +14,39 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..config import GatewayConfig
 from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError
 from ..hooks import RequestContext, StreamFilter
+from ..records import RequestRecord
 from ..routing.router import Target
-from ..types import ChatChunk, ChoiceDelta, Usage
+from ..types import ChatChunk, ChatRequest, ChoiceDelta, Usage
 from .idle_timer import IdleTimer
 from .state import StreamState
 
-if TYPE_CHECKING:
-    from .orchestrator import ChatService
+
+class StreamOwner(Protocol):
+    """What an open stream needs from the service that opened it (``ChatService``)."""
+
+    config: GatewayConfig
+
+    async def resume(self, stream: OpenStream) -> AsyncIterator[list[ChatChunk]] | None: ...
+
+    def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage: ...
+
+    def record(
+        self,
+        ctx: RequestContext,
+        *,
+        outcome: str,
+        status: int,
+        usage: Usage | None = None,
+        error_code: str | None = None,
+        partial: bool = False,
+    ) -> RequestRecord: ...
+
+    async def finish(self, ctx: RequestContext, record: RequestRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +61,7 @@ class StreamEnd:
 class OpenStream:
     def __init__(
         self,
-        service: ChatService,
+        service: StreamOwner,
         ctx: RequestContext,
         target: Target,
         upstream: AsyncIterator[list[ChatChunk]],

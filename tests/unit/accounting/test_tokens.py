@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sluicegate.metering import tokens as tokens_module
-from sluicegate.metering.tokens import TokenCounter, message_text
+from sluicegate.tokens import TokenCounter, message_text
 
 
 def _uncached(counter: TokenCounter, messages: list[dict[str, object]]) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
-from ..config import Price
-from ..types import Usage
+from .config import Price
+from .types import Usage
 
 
 @functools.lru_cache(maxsize=1024)

@@ -24,18 +24,17 @@ from pathlib import Path
 
 import orjson
 import uvloop
-from sluicegate.policies.base import Policy, PolicyChain
 
 from sluicegate.config import ModelConfig
+from sluicegate.hooks import Policy, PolicyChain, RequestContext, Sink
 from sluicegate.metering.recorder import MeteringSink, UsageRecorder
-from sluicegate.tokens import TokenCounter
 from sluicegate.policies.budgets import BudgetPolicy, LocalLedger
 from sluicegate.policies.ratelimit import LocalLimiter, RateLimitPolicy
 from sluicegate.records import Attempt, RequestRecord
-from sluicegate.service import RequestContext
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate
 from sluicegate.storage.usage import UsageStore
+from sluicegate.tokens import TokenCounter
 from sluicegate.types import Limits, Principal, Usage
 from sluicegate.wire.openai_chat.decode import parse_chat_request
 
@@ -78,17 +77,17 @@ async def run(accounting: bool, concurrency: int, per_worker: int, pg_url: str |
         tokens = TokenCounter()
         tokens.count("load the vocabulary before measuring")
         policies: list[Policy] = []
+        sinks: list[Sink] = []
         if accounting:
             policies = [
-                MeteringSink(recorder),
                 RateLimitPolicy(LocalLimiter(), tokens),
                 BudgetPolicy(LocalLedger(_no_spend), tokens, time.time),
             ]
-        chain = PolicyChain(policies)
+            sinks = [MeteringSink(recorder)]
+        chain = PolicyChain(policies, sinks)
 
         async def one() -> None:
-            ctx = RequestContext("req_" + secrets.token_hex(12), PRINCIPAL, request)
-            ctx.model = model
+            ctx = RequestContext("req_" + secrets.token_hex(12), PRINCIPAL, request, model)
             await chain.before(ctx)
             await asyncio.sleep(0)  # the upstream call would be here
             record = RequestRecord(

@@ -27,7 +27,6 @@ from .http.errors import internal_error
 from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
 from .http.shedding import LoadShedder
 from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
-from .tokens import TokenCounter
 from .observability import Observability
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp import DlpEngines, DlpPolicy
@@ -39,6 +38,7 @@ from .routing.router import Router
 from .runtime import Runtime
 from .service import ChatService, StreamRegistry
 from .settings import Settings
+from .tokens import TokenCounter
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0

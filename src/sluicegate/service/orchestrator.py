@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator
 from ..config import GatewayConfig, ModelConfig
 from ..errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTimeout
 from ..hooks import PolicyChain, RequestContext
-from ..pricing import cost_micro
-from ..tokens import TokenCounter
 from ..policies.access import check_model_access
+from ..pricing import cost_micro
 from ..providers.base import StreamStats
 from ..records import RequestRecord
 from ..routing.circuit import CircuitBreaker
 from ..routing.router import Router, Target
+from ..tokens import TokenCounter
 from ..types import ChatChunk, ChatRequest, Completion, Principal, Usage
 from .attempts import AttemptLoop, attempt_record
 from .stream import OpenStream, close_upstream, shielded

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from sluicegate.config import Price
 from sluicegate.errors import RateLimited
-from sluicegate.pricing import ceil_micro, cost_micro
 from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, period_bounds
 from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
+from sluicegate.pricing import ceil_micro, cost_micro
 from sluicegate.types import Usage
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -145,8 +145,8 @@ async def test_local_gcra_has_no_double_burst_at_window_edges() -> None:
 async def test_policy_headers_follow_the_tightest_bucket_of_each_kind(limiter: LocalLimiter | RedisLimiter) -> None:
     from types import SimpleNamespace
 
-    from sluicegate.tokens import TokenCounter
     from sluicegate.policies.ratelimit import RateLimitPolicy
+    from sluicegate.tokens import TokenCounter
     from sluicegate.types import Limits, Principal
     from sluicegate.wire.openai_chat.decode import parse_chat_request
 

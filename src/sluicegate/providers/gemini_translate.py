@@ -37,10 +37,10 @@ from sluicegate.providers._content import (
     number,
     parse_data_url,
     refuse_n,
-    retry_after_seconds,
     stop_sequences,
     text_of,
 )
+from sluicegate.providers._headers import retry_after_seconds
 from sluicegate.providers.gemini_stream import (
     SIGNATURE_MARK,
     StreamTranslator,

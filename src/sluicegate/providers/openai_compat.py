@@ -17,6 +17,7 @@ import orjson
 from ..config import Deployment
 from ..errors import GatewayError, StreamInterrupted, UpstreamEmptyBody, UpstreamError, UpstreamStatus
 from ..types import ChatChunk, ChatRequest, ChoiceDelta, Completion, Usage
+from ._headers import retry_after_seconds
 from ._http import end_response, malformed_event, open_post, read_json, read_some
 from .base import StreamStats
 from .sse import SseDecoder
@@ -160,25 +161,9 @@ def _inband_error(obj: dict[str, Any]) -> UpstreamError:
     return UpstreamError(f"upstream error: {message}", retryable=True)
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    secs = headers.get("retry-after")
-    if secs:
-        try:
-            return max(0.0, float(secs))
-        except ValueError:
-            return None
-    return None
-
-
 def translate_error(status: int, raw: bytes, headers: Mapping[str, str]) -> GatewayError:
     """Map an upstream HTTP error to the gateway's error tree (SPEC §6)."""
-    retry_after = _retry_after(headers)
+    retry_after = retry_after_seconds(headers)
     if status in (401, 403):
         # Our provider key was refused: the gateway's misconfiguration, not the caller's fault.
         return UpstreamError(f"the upstream refused the gateway's credentials (HTTP {status})", retryable=True)

@@ -53,7 +53,7 @@ class GatewayProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> GatewayProcess:
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "sluicegate", "serve", "--config", str(self.config_path), "--port", str(self.port)]
         cmd.extend(self.args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluicegate.metering import tokens as tokens_module
+from sluicegate import tokens as tokens_module
 from sluicegate.tokens import TokenCounter, message_text
 
 

@@ -6,9 +6,11 @@ budgets, the usage record and audit entry, the batch write on SQLite) so such a 
 concurrent simulated requests run ``before`` → one loop turn → ``after`` through the real policies and
 the real store, and the process CPU per request is reported with the chain off and on, alternating.
 
-    .venv/bin/python benchmarks/bench_accounting_inprocess.py            # 64 concurrent, 300 each, 3 pairs
-    .venv/bin/python benchmarks/bench_accounting_inprocess.py --pg-url postgresql://root@127.0.0.1:5432/test
-    taskset -c 1 .venv/bin/python benchmarks/bench_accounting_inprocess.py --concurrency 16
+    .venv/bin/python -m benchmarks.bench_accounting_inprocess            # 64 concurrent, 300 each, 3 pairs
+    .venv/bin/python -m benchmarks.bench_accounting_inprocess --pg-url postgresql://USER@HOST:5432/DB
+    taskset -c 1 .venv/bin/python -m benchmarks.bench_accounting_inprocess --concurrency 16
+
+In-process: it needs no benchmark kit.
 """
 
 from __future__ import annotations

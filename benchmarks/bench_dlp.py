@@ -1,10 +1,11 @@
 """DLP benchmark: request scanning of a 100 KB prompt, per-chunk streaming cost.
 
-Run: .venv/bin/python benchmarks/bench_dlp.py  (prints a markdown table)
+Run: .venv/bin/python -m benchmarks.bench_dlp  (prints a markdown table; in-process, no benchmark kit)
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections.abc import Callable
@@ -130,6 +131,7 @@ def chunks(n_words: int = 4, total: int = 4000, seed: int = 3) -> list[str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     engine = Engine(DlpRule())
     text = prompt()
     rows: list[tuple[str, str]] = []

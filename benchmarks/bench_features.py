@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What the features cost: gateway variants side by side in one run, on the same scenarios.
 
-    .venv/bin/python benchmarks/bench_features.py            # 5 rounds x 3 s per measurement (about 7 min)
-    .venv/bin/python benchmarks/bench_features.py --quick    # 2 rounds x 2 s (about 3 min)
+    export SLUICEGATE_BENCH_KIT=/path/to/the/kit     # or pass --kit DIR
+    .venv/bin/python -m benchmarks.bench_features --pg-url postgresql://USER@HOST:5432/DB            # about 7 min
+    .venv/bin/python -m benchmarks.bench_features --quick --variants master,apikey,accounting-sqlite,dlp
 
 Variants (each its own gateway process, config and data dir; one worker, pinned to CPU 1):
 
@@ -10,11 +11,12 @@ Variants (each its own gateway process, config and data dir; one worker, pinned 
   apikey             an API key (admin API: group + key), metering off, no limits
   accounting-sqlite  an API key whose key and group have rpm/tpm/budget limits too large to refuse,
                      metering and the request audit log on (the defaults), SQLite store
-  accounting-pg      the same on PostgreSQL (a fresh schema in ``--pg-url``, dropped afterwards)
+  accounting-pg      the same on PostgreSQL (a fresh schema in ``--pg-url``, dropped afterwards; without
+                     ``--pg-url`` leave this variant out of ``--variants``)
   dlp                like ``apikey`` plus ``dlp: {request: {action: block}, response: {action: redact}}``
 
-Every variant routes ``mock-gpt`` to the shared kit's mock upstream (``/work/shared/bench/mock_upstream.py``,
-CPU 0) with a price, so budgets have something to reserve. Scenarios (load generators on CPU 0):
+Every variant routes ``mock-gpt`` to the shared kit's mock upstream (``mock_upstream.py`` in ``--kit``, CPU 0)
+with a price, so budgets have something to reserve. Scenarios (load generators on CPU 0):
 
   ns_c64   wrk, non-streaming, 64 connections  -> RPS, gateway CPU ms per request (/proc utime+stime)
   ns_c1    wrk, non-streaming, 1 connection    -> latency p50
@@ -28,8 +30,9 @@ same auth path with the feature off) from this run. Also measured in-process: th
 100 KB prompt (``scan_messages`` with every default detector, the path ``action: block`` runs).
 
 Results: printed, and written to ``benchmarks/results/features-<stamp>/`` (summary.md, raw.jsonl).
-Run it with the project venv (the DLP scan imports sluicegate); the mock and the stream client run with
-``--kit-python`` (default /tmp/bench-venv/bin/python, which has aiohttp + uvloop).
+Run it from the repository's root with the project venv (the DLP scan imports sluicegate); the mock and the
+stream client run with ``--kit-python`` (default: this interpreter; it needs aiohttp + uvloop, which the project
+venv has). ``--profile`` needs py-spy beside that interpreter or on PATH.
 """
 
 from __future__ import annotations
@@ -54,11 +57,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features_report import fmt, report
+from benchmarks import invocation, kit
+from benchmarks.features_report import fmt, report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-KIT = Path(os.environ.get("BENCH_KIT", "/work/shared/bench"))
 MASTER_KEY = "sk-bench-master"
 MODEL = "mock-gpt"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -295,7 +298,7 @@ class Gateway:
 def wrk(a: argparse.Namespace, gw: Gateway, connections: int, duration: float) -> dict[str, Any]:
     env = {**os.environ, "BENCH_MODEL": MODEL, "BENCH_API_KEY": gw.key}
     seconds = max(1, round(duration))  # wrk takes whole seconds
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(KIT / "post.lua")]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(a.kit / "post.lua")]
     cmd.append(f"{gw.base}/v1/chat/completions")
     out = subprocess.run(pinned(a.harness_cpus, cmd), env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
@@ -306,7 +309,7 @@ def wrk(a: argparse.Namespace, gw: Gateway, connections: int, duration: float) -
 
 
 def streams(a: argparse.Namespace, gw: Gateway, concurrency: int, duration: float, chunks: int) -> dict[str, Any]:
-    cmd = [a.kit_python, str(KIT / "stream_client.py"), "--url", f"{gw.base}/v1/chat/completions"]
+    cmd = [a.kit_python, str(a.kit / "stream_client.py"), "--url", f"{gw.base}/v1/chat/completions"]
     cmd += ["--model", MODEL, "--api-key", gw.key, "--stream", "--include-usage", "--expect-chunks", str(chunks)]
     cmd += ["--concurrency", str(concurrency), "--requests", "1000000", "--max-seconds", f"{duration:g}"]
     out = subprocess.run(pinned(a.harness_cpus, cmd), capture_output=True, text=True, check=True).stdout
@@ -357,9 +360,7 @@ def measure(a: argparse.Namespace, gw: Gateway, scenario: str, duration: float) 
 
 def dlp_scan_100kb(repeat: int) -> dict[str, Any]:
     """In-process: the request-side block check (scan_messages, all default detectors) of a 100 KB prompt."""
-    sys.path.insert(0, str(HERE))
-    from bench_dlp import SECRETS, prompt  # the same 100 KB prompt as bench_dlp.py (four secrets in it)
-
+    from benchmarks.bench_dlp import SECRETS, prompt  # the same 100 KB prompt as bench_dlp.py (four secrets in it)
     from sluicegate.dlp import scan_messages
     from sluicegate.dlp.config import DlpConfig
 
@@ -396,12 +397,9 @@ def dlp_scan_100kb(repeat: int) -> dict[str, Any]:
 
 def profile(a: argparse.Namespace, gw: Gateway, raw: Path) -> str:
     """py-spy (raw format, all threads) on the gateway while wrk runs c=64; self time by function."""
-    import profile_gateway  # the same grouping as the issue-2 profiles
+    from benchmarks import profile_gateway  # the same grouping as the issue-2 profiles
 
-    pyspy = str(Path(sys.executable).with_name("py-spy"))
-    if not Path(pyspy).exists():
-        pyspy = "/tmp/bench-venv/bin/py-spy"
-    cmd = [pyspy, "record", "--format", "raw", "--nonblocking", "--threads", "-r", "250"]
+    cmd = [profile_gateway.find_pyspy(), "record", "--format", "raw", "--nonblocking", "--threads", "-r", "250"]
     cmd += ["-d", str(max(1, round(a.profile))), "-o", str(raw), "--pid", str(gw.pid)]
     spy = subprocess.Popen(pinned(a.harness_cpus, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -420,7 +418,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--gateway-bin", default=str(REPO / ".venv/bin/sluicegate"))
-    parser.add_argument("--kit-python", default=None, help="Python with aiohttp (+uvloop) for mock and client")
+    parser.add_argument(
+        "--kit-python",
+        default=sys.executable,
+        help="Python with aiohttp (+uvloop) for mock and client (default: this one)",
+    )
+    kit.add_option(parser)
     parser.add_argument("--mock-port", type=int, default=18000)
     parser.add_argument("--gateway-cpus", default="1")
     parser.add_argument("--harness-cpus", default="0")
@@ -431,7 +434,12 @@ def main() -> None:
         help="pin the PostgreSQL server to these CPUs for the run (e.g. 0: off the gateway's core, as if on "
         "another host); default: leave it where the scheduler puts it",
     )
-    parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL for the accounting-pg variant, e.g. postgresql://USER@HOST:5432/DB (a fresh schema is "
+        "created in it and dropped afterwards); required when that variant runs",
+    )
     parser.add_argument("--scan-repeat", type=int, default=30)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/features-<stamp>)")
     parser.add_argument(
@@ -444,13 +452,16 @@ def main() -> None:
     a = parser.parse_args()
     if a.quick:
         a.rounds, a.duration = 2, 2.0
-    a.kit_python = a.kit_python or (
-        "/tmp/bench-venv/bin/python" if Path("/tmp/bench-venv/bin/python").exists() else sys.executable
-    )
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         sys.exit(f"unknown variants: {', '.join(sorted(unknown))}")
+    if "accounting-pg" in variants and not a.pg_url:
+        sys.exit(
+            "the accounting-pg variant needs a PostgreSQL database: pass --pg-url postgresql://USER@HOST:PORT/DB, "
+            f"or leave it out: --variants {','.join(v for v in variants if v != 'accounting-pg')}"
+        )
+    a.kit = kit.locate(a.kit)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
     if a.harness_cpus:  # this script is part of the harness too
@@ -476,7 +487,7 @@ def main() -> None:
     pinning = contextlib.ExitStack()
     pinning.enter_context(postgres_pinned(a.db_cpus if "accounting-pg" in variants else ""))
     try:
-        mock_cmd = [a.kit_python, str(KIT / "mock_upstream.py"), "--port", str(a.mock_port)]
+        mock_cmd = [a.kit_python, str(a.kit / "mock_upstream.py"), "--port", str(a.mock_port)]
         with (work / "mock.log").open("ab") as log:
             mock = subprocess.Popen(pinned(a.harness_cpus, mock_cmd), stdout=log, stderr=log, start_new_session=True)
         procs.append(mock)
@@ -552,7 +563,7 @@ def main() -> None:
         "variants": variants,
         "elapsed_s": round(time.time() - started, 1),
         "python": platform.python_version(),
-        "argv": sys.argv,
+        "command": invocation("benchmarks.bench_features"),
         "loadavg_start": load_start,
         "db_cpus": a.db_cpus,
         "loadavg_end": os.getloadavg(),

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """What metrics and request logging cost: gateway throughput with observability on vs off, in the same run.
 
-    .venv/bin/python benchmarks/bench_observability.py            # 5 alternations of 5 s each
-    .venv/bin/python benchmarks/bench_observability.py --reps 3 --duration 3
+    export SLUICEGATE_BENCH_KIT=/path/to/the/kit     # or pass --kit DIR
+    .venv/bin/python -m benchmarks.bench_observability            # 5 alternations of 5 s each
+    .venv/bin/python -m benchmarks.bench_observability --reps 3 --duration 3
 
 Two gateways (one worker each, both pinned to CPU 1) run side by side in front of the shared kit's mock
-upstream (``/work/shared/bench/mock_upstream.py``, CPU 0): ``on`` with the defaults (``/metrics`` and one
+upstream (``mock_upstream.py`` in ``--kit``, CPU 0): ``on`` with the defaults (``/metrics`` and one
 JSON log line per request, written to a file as in production) and ``off`` with
 ``observability: {metrics: false, request_log: false}``. Tracing is off in both. wrk (CPU 0) drives
 non-streaming chat completions at ``--connections`` for ``--duration`` seconds, alternating on/off and
@@ -13,7 +14,7 @@ flipping which goes first every repetition, so drift on the machine hits both al
 requests per second and of the gateway's CPU time per request (from /proc), and on/off ratios; the issue's
 bar is throughput on >= 95 % of off.
 
-Needs wrk and, for the mock, a Python with aiohttp (/tmp/bench-venv if present, else this interpreter).
+Needs wrk and, for the mock, a Python with aiohttp (``--mock-python``; default this interpreter).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks import kit
+
 REPO = Path(__file__).resolve().parent.parent
-KIT = Path(os.environ.get("BENCH_KIT", "/work/shared/bench"))
 MASTER_KEY = "sk-bench-master"
 MOCK_PORT, ON_PORT, OFF_PORT = 18300, 18301, 18302
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,9 +86,9 @@ def start_gateway(work: Path, name: str, port: int, extra: str, cpus: str) -> su
     return proc
 
 
-def wrk(port: int, connections: int, duration: float, cpus: str) -> dict[str, Any]:
+def wrk(kit_dir: Path, port: int, connections: int, duration: float, cpus: str) -> dict[str, Any]:
     env = {**os.environ, "BENCH_MODEL": "mock-gpt", "BENCH_API_KEY": MASTER_KEY}
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", str(KIT / "post.lua")]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", str(kit_dir / "post.lua")]
     cmd.append(f"http://127.0.0.1:{port}/v1/chat/completions")
     out = subprocess.run(pinned(cpus, cmd), env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
@@ -104,17 +106,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--gateway-cpus", default="1")
     parser.add_argument("--harness-cpus", default="0")
-    parser.add_argument("--mock-python", default=None, help="Python with aiohttp for the mock")
+    parser.add_argument(
+        "--mock-python", default=sys.executable, help="Python with aiohttp for the mock (default: this one)"
+    )
+    kit.add_option(parser)
     args = parser.parse_args()
+    kit_dir = kit.locate(args.kit)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install -y wrk)")
-    mock_python = args.mock_python or (
-        "/tmp/bench-venv/bin/python" if Path("/tmp/bench-venv/bin/python").exists() else sys.executable
-    )
     work = Path(tempfile.mkdtemp(prefix="sg-obs-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        mock_cmd = [mock_python, str(KIT / "mock_upstream.py"), "--port", str(MOCK_PORT)]
+        mock_cmd = [args.mock_python, str(kit_dir / "mock_upstream.py"), "--port", str(MOCK_PORT)]
         procs.append(subprocess.Popen(pinned(args.harness_cpus, mock_cmd), stdout=subprocess.DEVNULL))
         wait_http(f"http://127.0.0.1:{MOCK_PORT}/health")
         gateways = {
@@ -124,7 +127,7 @@ def main() -> None:
         procs.extend(gateways.values())
         ports = {"on": ON_PORT, "off": OFF_PORT}
         for name in gateways:  # warm-up: connection pools, tokenizer, first-request paths
-            wrk(ports[name], args.connections, 2, args.harness_cpus)
+            wrk(kit_dir, ports[name], args.connections, 2, args.harness_cpus)
         rps: dict[str, list[float]] = {"on": [], "off": []}
         cpu_us: dict[str, list[float]] = {"on": [], "off": []}
         for rep in range(args.reps):
@@ -132,7 +135,7 @@ def main() -> None:
             for name in order:
                 pid = gateways[name].pid
                 cpu0 = cpu_seconds(pid)
-                result = wrk(ports[name], args.connections, args.duration, args.harness_cpus)
+                result = wrk(kit_dir, ports[name], args.connections, args.duration, args.harness_cpus)
                 cpu = cpu_seconds(pid) - cpu0
                 rps[name].append(result["rps"])
                 cpu_us[name].append(cpu / result["requests"] * 1e6)

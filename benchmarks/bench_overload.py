@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Load shedding: far beyond ``server.max_concurrent_requests`` / ``max_concurrent_per_key``, refusals are fast.
 
-    .venv/bin/python benchmarks/bench_overload.py                       # cap 200, 1,000 new streams/s for 15 s
-    .venv/bin/python benchmarks/bench_overload.py --cap 100 --rate 2000 --seconds 30
+    export SLUICEGATE_BENCH_KIT=/path/to/the/kit                     # or pass --kit DIR
+    .venv/bin/python -m benchmarks.bench_overload                     # cap 200, 1,000 new streams/s for 15 s
+    .venv/bin/python -m benchmarks.bench_overload --cap 100 --rate 2000 --seconds 30
 
 Starts the shared kit's mock (streams of 20 chunks 200 ms apart: each admitted request holds its slot ~3.8 s)
 and ``sluicegate serve --workers 1`` with ``server.max_concurrent_requests: --cap`` and
@@ -25,13 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import time
 from typing import Any
 
 import httpx
 import orjson
-from scale_common import (
+
+from benchmarks import invocation, kit
+from benchmarks.scale_common import (
     MASTER_KEY,
     Gateway,
     OpenCounter,
@@ -147,7 +149,7 @@ async def burst(url: str, n: int, key: str) -> list[StreamResult]:
 
 async def main_async(a: argparse.Namespace, out: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"args": vars(a), "machine": machine(), "nofile": raise_nofile()}
-    mock, mock_url = start_mock(out, 20, 200)
+    mock, mock_url = start_mock(a.kit, out, 20, 200)
     gw = None
     try:
         server = {"max_concurrent_requests": a.cap, "max_concurrent_per_key": a.per_key_cap}
@@ -218,12 +220,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--per-key-burst", type=int, default=200)
     ap.add_argument("--out", default=None)
+    kit.add_option(ap)
     a = ap.parse_args()
+    a.kit = kit.locate(a.kit)
     out = results_dir("overload", a.out)
     use_uvloop()
     report = asyncio.run(main_async(a, out))
     write_json(out / "results.json", report)
-    text = summary(report, " ".join(["python", *sys.argv]))
+    text = summary(report, invocation("benchmarks.bench_overload"))
     (out / "summary.md").write_text(text)
     print(text)
     print(f"written to {out}")

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Soak: mixed traffic at half the measured maximum throughput; memory, fds and asyncio tasks must not grow.
 
-    .venv/bin/python benchmarks/bench_soak.py --minutes 20            # the issue's run
-    .venv/bin/python benchmarks/bench_soak.py --minutes 5 --rate 150   # fixed rate, skip the max measurement
+    .venv/bin/python -m benchmarks.bench_soak --minutes 20            # the issue's run
+    .venv/bin/python -m benchmarks.bench_soak --minutes 5 --rate 150   # fixed rate, skip the max measurement
 
 Upstream: the test suite's FakeOpenAI (tests/fakes/openai_upstream.py) in its own process, driven by scenarios in
 the prompt. Gateway: ``sluicegate serve --workers 1`` (SQLite store, metering, audit, metrics: the defaults),
-started through benchmarks/soak_gateway.py, which only adds a probe task counting the gateway loop's live
+started through ``python -m benchmarks.soak_gateway``, which only adds a probe task counting the gateway loop's live
 asyncio tasks. Traffic mix (weights): streams (normal, slow), non-streams, upstream 500s (a model whose circuit
 may open), upstream 429s passed through, upstream connections reset mid-stream, stalled upstreams ended by the
 idle timeout, clients that disconnect mid-stream, unknown keys.
@@ -17,7 +17,7 @@ idle timeout, clients that disconnect mid-stream, unknown keys.
 3. Verdict: after warm-up (the first ``--warmup-fraction`` of the run, at least 60 s) the mean of the last
    quarter vs the first quarter of the remaining samples: memory growth < 10 %, fds and tasks not growing
    (quiet-time values back to the idle baseline).
-Writes results.json and summary.md to benchmarks/results/soak-<stamp>/ (or ``--out``).
+Writes results.json and summary.md to benchmarks/results/soak-<stamp>/ (or ``--out``). Needs no benchmark kit.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from scale_common import (
+from benchmarks import invocation
+from benchmarks.scale_common import (
     MASTER_KEY,
     ROOT,
     VENV_BIN,
@@ -113,12 +113,11 @@ def start_gateway(out: Path, cfg: dict[str, Any], tasks_file: Path, interval: fl
         "SLUICEGATE_DATA_DIR": str(out / "gateway-data"),
         "SOAK_TASKS_FILE": str(tasks_file),
         "SOAK_TASKS_INTERVAL": str(interval),
-        "PYTHONPATH": str(ROOT / "benchmarks"),
     }
-    cmd = [str(VENV_BIN / "python"), str(ROOT / "benchmarks" / "soak_gateway.py"), "serve", "--config", str(path),
+    cmd = [str(VENV_BIN / "python"), "-m", "benchmarks.soak_gateway", "serve", "--config", str(path),
            "--port", str(port), "--workers", "1", "--log-format", "json", "--log-level", "warning"]  # fmt: skip
     log = out / "gateway.log"
-    proc = spawn(cmd, log, env=env)
+    proc = spawn(cmd, log, env=env, cwd=ROOT)  # -m finds the benchmarks package from the repository's root
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     return Gateway(proc, f"http://127.0.0.1:{port}", proc.pid, log)
 
@@ -235,10 +234,11 @@ def main() -> None:
     out = results_dir("soak", a.out)
     raise_nofile()
     use_uvloop()
-    report: dict[str, Any] = {"args": vars(a), "machine": machine(), "command": " ".join(["python", *sys.argv])}
-    fake = subprocess.Popen([str(VENV_BIN / "python"), "-c", FAKE_SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    report: dict[str, Any] = {"args": vars(a), "machine": machine(), "command": invocation("benchmarks.bench_soak")}
+    # `python -c` puts the working directory on sys.path, so the fake imports tests.fakes from the repository.
+    fake = subprocess.Popen(
+        [str(VENV_BIN / "python"), "-c", FAKE_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
+    )
     gw = None
     try:
         assert fake.stdout is not None

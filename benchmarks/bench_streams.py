@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """5,000 concurrent open streams through one gateway worker, against calling the mock upstream directly.
 
-    .venv/bin/python benchmarks/bench_streams.py                       # 5,000 streams, 1 repetition
-    .venv/bin/python benchmarks/bench_streams.py --streams 2000 --reps 2
-    .venv/bin/python benchmarks/bench_streams.py --litellm-bin /tmp/litellm-venv/bin/litellm   # + LiteLLM
-    .venv/bin/python benchmarks/bench_streams.py --nginx          # + nginx relaying the same streams (reference)
-    .venv/bin/python benchmarks/bench_streams.py --workers 2      # the same 5,000 streams over two workers
+    export SLUICEGATE_BENCH_KIT=/path/to/the/kit                    # or pass --kit DIR
+    .venv/bin/python -m benchmarks.bench_streams                     # 5,000 streams, 1 repetition
+    .venv/bin/python -m benchmarks.bench_streams --streams 2000 --reps 2
+    .venv/bin/python -m benchmarks.bench_streams --litellm-bin PATH/TO/litellm   # + LiteLLM
+    .venv/bin/python -m benchmarks.bench_streams --nginx        # + nginx relaying the same streams (reference)
+    .venv/bin/python -m benchmarks.bench_streams --workers 2    # the same 5,000 streams over two workers
 
-Starts the shared kit's mock upstream (``/work/shared/bench/mock_upstream.py --chunks 20 --chunk-delay-ms 200``)
+Starts the shared kit's mock upstream (``mock_upstream.py --chunks 20 --chunk-delay-ms 200`` in ``--kit``)
 and ``sluicegate serve --workers 1`` in front of it (SQLite store, metering, audit and metrics on: the defaults),
 raises ``RLIMIT_NOFILE`` for itself and its children, then opens ``--streams`` streams (spread over ``--ramp``
 seconds, so all are open at once: each lasts ~3.8 s), alternately direct and through the gateway. Reports
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from scale_common import (
-    KIT,
+
+from benchmarks import invocation, kit
+from benchmarks.scale_common import (
     MASTER_KEY,
     OpenCounter,
     StreamResult,
@@ -129,7 +131,7 @@ def summarize(results: list[StreamResult]) -> dict[str, Any]:
     }
 
 
-def start_litellm(out: Path, binary: str, mock_url: str) -> tuple[Any, str, int]:
+def start_litellm(kit_dir: Path, out: Path, binary: str, mock_url: str) -> tuple[Any, str, int]:
     port = free_port()
     d = out / "litellm"
     d.mkdir(exist_ok=True)
@@ -144,19 +146,27 @@ def start_litellm(out: Path, binary: str, mock_url: str) -> tuple[Any, str, int]
         LITELLM_LOG="ERROR",
         LITELLM_MODE="PRODUCTION",
     )
-    cmd = [binary, "--config", str(KIT / "litellm" / "config_prod.yaml"), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        binary,
+        "--config",
+        str(kit_dir / "litellm" / "config_prod.yaml"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = spawn([*cmd, "--num_workers", "1"], d / "server.log", env=env, cwd=d)
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)
     return proc, f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid
 
 
-def start_nginx(out: Path, mock_url: str) -> tuple[Any, str, int]:
+def start_nginx(kit_dir: Path, out: Path, mock_url: str) -> tuple[Any, str, int]:
     """nginx as a bare reverse proxy (the shared kit's nginx.conf.in: 1 worker, no buffering, upstream
     keep-alive), with room for 5,000 client and 5,000 upstream connections: what relaying alone costs."""
     port = free_port()
     d = out / "nginx"
     d.mkdir(exist_ok=True)
-    conf = (KIT / "nginx.conf.in").read_text()
+    conf = (kit_dir / "nginx.conf.in").read_text()
     conf = conf.replace("@PORT@", str(port)).replace("@UPSTREAM@", mock_url.removeprefix("http://"))
     conf = conf.replace("worker_connections 4096;", "worker_connections 16384;")
     conf = conf.replace("worker_processes 1;", "worker_processes 1;\nworker_rlimit_nofile 20000;")
@@ -168,7 +178,7 @@ def start_nginx(out: Path, mock_url: str) -> tuple[Any, str, int]:
 
 async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"args": vars(a), "machine": machine(), "nofile": raise_nofile()}
-    mock, mock_url = start_mock(out, CHUNKS, DELAY_MS)
+    mock, mock_url = start_mock(a.kit, out, CHUNKS, DELAY_MS)
     gw = litellm = nginx = None
     try:
         gw = start_gateway(out, gateway_config(mock_url + "/v1"), workers=a.workers)
@@ -178,10 +188,10 @@ async def main_async(a: argparse.Namespace, out: Path) -> dict[str, Any]:
             ("sluicegate", gw.chat_url, gw.pid),
         ]
         if a.nginx:
-            nginx, nurl, npid = start_nginx(out, mock_url)
+            nginx, nurl, npid = start_nginx(a.kit, out, mock_url)
             candidates.append(("nginx", nurl, npid))
         if a.litellm_bin:
-            litellm, lurl, lpid = start_litellm(out, a.litellm_bin, mock_url)
+            litellm, lurl, lpid = start_litellm(a.kit, out, a.litellm_bin, mock_url)
             candidates.append(("litellm-prod", lurl, lpid))
         # Warm-up: pools, lazily imported code, first records; then the idle baseline after a pause.
         for name, url, _ in candidates:
@@ -290,14 +300,14 @@ def main() -> None:
     ap.add_argument("--litellm-streams", type=int, default=0, help="streams for LiteLLM (default: --streams)")
     ap.add_argument("--nginx", action="store_true", help="also relay the streams through nginx (reference)")
     ap.add_argument("--out", default=None)
+    kit.add_option(ap)
     a = ap.parse_args()
+    a.kit = kit.locate(a.kit)
     out = results_dir("streams", a.out)
     use_uvloop()
     report = asyncio.run(main_async(a, out))
     write_json(out / "results.json", report)
-    import sys
-
-    print(write_summary(out, report, " ".join(["python", *sys.argv])))
+    print(write_summary(out, report, invocation("benchmarks.bench_streams")))
     print(f"written to {out}")
 
 

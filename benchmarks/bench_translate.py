@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """CPU per streamed chunk: the Anthropic (and Gemini) adapters against the OpenAI pass-through, in one run.
 
-    .venv/bin/python benchmarks/bench_translate.py [--chunks 1000] [--streams 50] [--rounds 7]
+    .venv/bin/python -m benchmarks.bench_translate [--chunks 1000] [--streams 50] [--rounds 7]
 
-Run it from the project venv (sluicegate installed editable).
+Run it from the project venv (sluicegate installed editable); it needs no benchmark kit.
 
 In-process, no sockets: each adapter's real ``stream()`` runs against a stub aiohttp session whose
 response hands out one pre-built SSE event per ``readany()`` (one token per read, what a live

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Profile sluicegate's hot path with py-spy under the kit's load, and group the samples.
 
-    /tmp/bench-venv/bin/python benchmarks/profile_gateway.py [--src DIR] [--seconds 15]
+    .venv/bin/python -m benchmarks.profile_gateway --kit DIR [--src DIR] [--seconds 15]
 
 Starts the kit's mock (CPU 0) and the gateway (``taskset -c 1``, one worker, the config of
 run_gateway_bench.py), then for each load — ``ns_c16`` (wrk, 16 connections), ``st0_c16`` (16 streams of
 50 chunks back to back), ``st20_c200`` (200 streams, 20 ms spacing), ``st0_c1`` (one stream at a time) —
 runs ``py-spy record --format raw`` on the gateway (py-spy on CPU 0) and prints self time grouped by
-component and the top leaf frames. Output: ``benchmarks/results/profile-<stamp>/``.
+component and the top leaf frames. Output: ``benchmarks/results/profile-<stamp>/``. Needs py-spy installed
+beside this interpreter or on PATH (``pip install py-spy``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_gateway_bench as rg
-
-KIT = rg.KIT
-PYSPY = str(Path(sys.executable).with_name("py-spy"))
+from benchmarks import kit
+from benchmarks import run_gateway_bench as rg
 
 GROUPS = [  # first match wins, tested against "function (file:line)" of the leaf frame (py-spy raw format)
     # uvloop's loop is C: a sample whose innermost Python frame is Runner.run is the loop itself
@@ -91,6 +90,15 @@ def analyse(raw: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
+def find_pyspy() -> str:
+    """py-spy beside this interpreter (installed into its venv), else on PATH; exits when there is none."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        sys.exit(f"py-spy is not installed: {Path(sys.executable).with_name('pip')} install py-spy")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default=None, metavar="DIR", help="gateway source tree (see run_gateway_bench.py --src)")
@@ -103,6 +111,7 @@ def main() -> None:
     ap.add_argument("--gateway-bin", default=str(rg.REPO / ".venv" / "bin" / "sluicegate"))
     ap.add_argument("--loads", default="ns_c16,st0_c16,st20_c200,st0_c1")
     ap.add_argument("--analyse", default=None, metavar="DIR", help="only re-analyse the *.raw.txt of an earlier run")
+    kit.add_option(ap)
     a = ap.parse_args()
     if a.analyse:
         for raw in sorted(Path(a.analyse).glob("*.raw.txt")):
@@ -110,6 +119,8 @@ def main() -> None:
             (raw.parent / raw.name.replace(".raw.txt", ".summary.txt")).write_text(text)
             print(f"===== {raw.name.replace('.raw.txt', '')} =====\n{text}\n")
         return
+    kit_dir = kit.locate(a.kit)
+    pyspy = find_pyspy()
 
     out = rg.HERE / "results" / ("profile-" + time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True)
@@ -119,7 +130,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{a.port}"
     url = base + "/v1/chat/completions"
     mock = rg.spawn(
-        [*rg.pin(a.harness_cpus), sys.executable, str(KIT / "mock_upstream.py"), "--port", str(a.mock_port)],
+        [*rg.pin(a.harness_cpus), sys.executable, str(kit_dir / "mock_upstream.py"), "--port", str(a.mock_port)],
         out / "mock.log",
     )
     gw = None
@@ -138,13 +149,13 @@ def main() -> None:
         loads = {
             "ns_c16": (
                 dict(chunks=50, first_delay_ms=0, chunk_delay_ms=0),
-                ["wrk", "-t1", "-c16", f"-d{load_s}s", "-s", str(KIT / "post.lua"), url],
+                ["wrk", "-t1", "-c16", f"-d{load_s}s", "-s", str(kit_dir / "post.lua"), url],
             ),
             "st0_c16": (
                 dict(chunks=50, first_delay_ms=0, chunk_delay_ms=0),
                 [
                     sys.executable,
-                    str(KIT / "stream_client.py"),
+                    str(kit_dir / "stream_client.py"),
                     "--url",
                     url,
                     "--model",
@@ -167,7 +178,7 @@ def main() -> None:
                 dict(chunks=50, first_delay_ms=0, chunk_delay_ms=20),
                 [
                     sys.executable,
-                    str(KIT / "stream_client.py"),
+                    str(kit_dir / "stream_client.py"),
                     "--url",
                     url,
                     "--model",
@@ -190,7 +201,7 @@ def main() -> None:
                 dict(chunks=50, first_delay_ms=0, chunk_delay_ms=0),
                 [
                     sys.executable,
-                    str(KIT / "stream_client.py"),
+                    str(kit_dir / "stream_client.py"),
                     "--url",
                     url,
                     "--model",
@@ -220,7 +231,7 @@ def main() -> None:
             subprocess.run(
                 [
                     *rg.pin(a.harness_cpus),
-                    PYSPY,
+                    pyspy,
                     "record",
                     "-p",
                     str(gw.pid),

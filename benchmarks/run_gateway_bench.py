@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One command: benchmark sluicegate against direct-to-upstream and nginx with the shared kit.
 
-    /tmp/bench-venv/bin/python benchmarks/run_gateway_bench.py            # full run (about 15 min)
-    /tmp/bench-venv/bin/python benchmarks/run_gateway_bench.py --quick    # smoke run (about 3 min)
+    export SLUICEGATE_BENCH_KIT=/path/to/the/kit                # or pass --kit DIR
+    .venv/bin/python -m benchmarks.run_gateway_bench            # full run (about 15 min)
+    .venv/bin/python -m benchmarks.run_gateway_bench --quick    # smoke run (about 3 min)
 
 Steps (see benchmarks/README.md):
   1. write a sluicegate config routing model ``mock-gpt`` to the kit's mock (http://127.0.0.1:18000/v1);
@@ -13,8 +14,9 @@ Steps (see benchmarks/README.md):
   4. stop the gateway;
   5. read the kit's raw.jsonl and print/write ``gateway_summary.md`` with the issue-2 figures vs targets.
 
-Run it with an interpreter that has aiohttp + uvloop (the kit's bench venv); the gateway itself runs from
-the project venv (``--gateway-bin``, default .venv/bin/sluicegate).
+Run it from the repository's root with an interpreter that has aiohttp + uvloop (the project venv has both, or the
+kit's own venv); the kit's mock and clients run with that same interpreter. The gateway itself runs from the
+project venv (``--gateway-bin``, default .venv/bin/sluicegate).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from benchmarks import invocation, kit
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-KIT = Path(os.environ.get("BENCH_KIT", "/work/shared/bench"))
 MASTER_KEY = "sk-bench-master"
 MODEL = "mock-gpt"
 
@@ -167,7 +170,7 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> fl
 def measure_startup(a: argparse.Namespace, gateways: list[Gateway], cfg: Path, logs: Path) -> None:
     """spawn -> /healthz 200 -> first chat completion 200, with the kit's mock up (then stopped)."""
     mock = spawn(
-        [*pin(a.harness_cpus), sys.executable, str(KIT / "mock_upstream.py"), "--port", str(a.mock_port)],
+        [*pin(a.harness_cpus), sys.executable, str(a.kit / "mock_upstream.py"), "--port", str(a.mock_port)],
         logs / "startup-mock.log",
     )
     try:
@@ -374,6 +377,7 @@ def main() -> None:
         "Repeat to compare several trees in one run (each its own pinned gateway, candidates "
         "alternating)",
     )
+    kit.add_option(ap)
     ap.add_argument("--out", default=str(HERE / "results"), help="results root (gitignored)")
     ap.add_argument(
         "--from-raw", default=None, metavar="DIR", help="only re-summarise an earlier run directory (no benchmark)"
@@ -385,6 +389,7 @@ def main() -> None:
         meta = json.loads((d / "gateway_meta.json").read_text())
         print(summary(load_raw(next(d.rglob("raw.jsonl"))), meta))
         return
+    a.kit = kit.locate(a.kit)
 
     gateways = []
     for i, spec in enumerate(a.src or [None]):
@@ -412,7 +417,7 @@ def main() -> None:
                 sys.exit(f"gateway {gw.name} did not start; see {logs}")
             print(f"gateway {gw.name} pid {gw.proc.pid} healthy; RSS {rss_mb(gw.proc.pid):.1f} MB", flush=True)
         # taskset execs the gateway, so proc.pid is the uvicorn process itself (one worker: no supervisor)
-        cmd = [sys.executable, str(KIT / "run_bench.py"), "--candidates", a.candidates]
+        cmd = [sys.executable, str(a.kit / "run_bench.py"), "--candidates", a.candidates]
         for gw in gateways:
             assert gw.proc is not None
             cmd += ["--target", f"{gw.name}={gw.base}@{gw.proc.pid}"]
@@ -455,7 +460,7 @@ def main() -> None:
         sys.exit("the kit wrote no raw.jsonl")
     meta = {
         "stamp": stamp,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": invocation("benchmarks.run_gateway_bench"),
         "kit_out": str(raws[-1].parent),
         "reps": 1 if a.quick else (a.reps or 3),
         "gateways": [gw.meta() for gw in gateways],

@@ -1,8 +1,9 @@
 """Shared pieces of the scale benchmarks (bench_streams.py, bench_soak.py, bench_overload.py).
 
 Process handling (the shared kit's mock upstream, ``sluicegate serve``), /proc sampling (RSS, open file
-descriptors, CPU time) and a streaming SSE client on aiohttp. Run the benchmarks with the project venv:
-``.venv/bin/python benchmarks/bench_streams.py`` (aiohttp, uvloop, orjson and httpx are gateway dependencies).
+descriptors, CPU time) and a streaming SSE client on aiohttp. Run the benchmarks from the repository's root with
+the project venv: ``.venv/bin/python -m benchmarks.bench_streams`` (aiohttp, uvloop, orjson and httpx are gateway
+dependencies).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
-KIT = Path(os.environ.get("SLUICEGATE_BENCH_KIT", "/work/shared/bench"))
 MASTER_KEY = "sk-bench-master"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -192,12 +192,13 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
 
 
 def start_mock(
-    out: Path, chunks: int, chunk_delay_ms: float, port: int | None = None
+    kit: Path, out: Path, chunks: int, chunk_delay_ms: float, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """The shared kit's mock upstream (``kit``: from ``benchmarks.kit.locate``) on ``port`` or a free one."""
     port = port or free_port()
     cmd = [
         str(VENV_BIN / "python"),
-        str(KIT / "mock_upstream.py"),
+        str(kit / "mock_upstream.py"),
         "--port",
         str(port),
         "--chunks",

@@ -1,12 +1,13 @@
 """``sluicegate serve`` with a task probe, for bench_soak.py only (not a gateway feature, no endpoint).
 
 Runs the real CLI (``sluicegate.cli:main``) unchanged, except that uvicorn is handed a factory that wraps the
-gateway's ASGI app: on its first call (the lifespan startup) it starts one extra task on the gateway's own event
+factory ``serve`` names (whatever its import string, so a rename in the CLI cannot silently drop the probe):
+on its first call (the lifespan startup) it starts one extra task on the gateway's own event
 loop that appends ``{"t": epoch, "tasks": N}`` to ``$SOAK_TASKS_FILE`` every ``$SOAK_TASKS_INTERVAL`` seconds,
 where N is ``len(asyncio.all_tasks())`` minus the probe itself. Single worker only. ``$SOAK_FULL_GC_EVERY``
 (diagnostics, off by default): every that many samples, also a full ``gc.collect()`` and what it freed.
 
-    python benchmarks/soak_gateway.py serve --config FILE --port P --workers 1
+    python -m benchmarks.soak_gateway serve --config FILE --port P --workers 1   # from the repository's root
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ _run = uvicorn.run
 
 
 def app_with_task_probe() -> Any:
-    from sluicegate.app import app_from_env
+    from uvicorn.importer import import_from_string
 
-    inner = app_from_env()
+    inner = import_from_string(os.environ["SOAK_INNER_FACTORY"])()
     path = os.environ["SOAK_TASKS_FILE"]
     interval = float(os.environ.get("SOAK_TASKS_INTERVAL", "5"))
     probe: list[asyncio.Task[None]] = []
@@ -59,13 +60,13 @@ def app_with_task_probe() -> Any:
 
 def _patched_run(target: Any, *args: Any, **kwargs: Any) -> None:
     assert kwargs.get("workers", 1) == 1, "the task probe needs --workers 1"
-    if target == "sluicegate.app:app_from_env":
-        target = "soak_gateway:app_with_task_probe"
-    _run(target, *args, **kwargs)
+    assert isinstance(target, str) and kwargs.get("factory"), f"serve no longer runs a factory by name: {target!r}"
+    # Through the environment: uvicorn imports this file again as benchmarks.soak_gateway, not as __main__.
+    os.environ["SOAK_INNER_FACTORY"] = target
+    _run("benchmarks.soak_gateway:app_with_task_probe", *args, **kwargs)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     uvicorn.run = _patched_run
     from sluicegate.cli import main
 

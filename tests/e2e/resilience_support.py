@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -115,15 +116,28 @@ def counters(response: httpx.Response) -> tuple[int, int]:
     return int(response.headers["x-sluicegate-attempts"]), int(response.headers["x-sluicegate-fallbacks"])
 
 
-def abandon(gw: GatewayProcess, body: dict[str, Any], after: float) -> float:
-    """Send a chat request on a raw socket, close the socket ``after`` seconds later; return when it closed."""
+def abandon(
+    gw: GatewayProcess,
+    body: dict[str, Any],
+    leave_when: Callable[[], object],
+    after: float = 0.0,
+    request_id: str = "",
+) -> float:
+    """Send a chat request on a raw socket; once ``leave_when()`` is truthy (e.g. the fake upstream has answered the
+    first attempt) and ``after`` seconds more, close the socket. Returns when it closed."""
     data = json.dumps(body).encode()
+    rid = f"x-request-id: {request_id}\r\n" if request_id else ""
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nAuthorization: Bearer {gw.key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        f"{rid}Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(head + data)
-        time.sleep(after)
+        deadline = time.monotonic() + 10
+        while not leave_when():
+            assert time.monotonic() < deadline, "the request never reached the state the client leaves in"
+            time.sleep(0.005)
+        if after:
+            time.sleep(after)
         closed_at = time.monotonic()
     return closed_at

@@ -333,7 +333,11 @@ def test_sigkill_during_load_loses_no_completed_record(upstream: FakeOpenAI, tmp
     threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    # Kill mid-load once enough responses have completed to make the check meaningful (not after a fixed time,
+    # which on a busy machine may complete too few).
+    deadline = time.monotonic() + 60
+    while len(completed) <= 60 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert gw.proc is not None
     os.kill(gw.proc.pid, signal.SIGKILL)
     stop.set()

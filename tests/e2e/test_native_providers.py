@@ -222,6 +222,7 @@ def test_anthropic_tool_without_fragments_gets_valid_json(native_gw: GatewayProc
     assert finish_of(chunks) == "tool_calls"
 
 
+@pytest.mark.node
 def test_node_sdk_parallel_tools_through_anthropic(native_gw: GatewayProcess, fakes: Upstreams) -> None:
     result = run_node(
         native_gw, "helper_tools", model=CLAUDE, messages=user("scenario:tool_calls"), tools=TOOLS, includeUsage=True

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,6 +116,7 @@ def test_circuit_opens_probes_once_when_half_open_and_closes_on_success(
     # 3. Half-open after the cooldown: exactly one probe reaches the primary. It hangs (silent), so requests
     #    arriving meanwhile must not become extra probes.
     primary.scenario = "silent"
+    # The cooldown is a span of the gateway's clock with no event to wait on: sleep past it.
     time.sleep(max(0.0, opened_at + COOLDOWN + 0.1 - time.monotonic()))
     with ThreadPoolExecutor(4) as pool:
         probe = pool.submit(ask)
@@ -237,23 +239,39 @@ def test_retries_are_bounded_by_max_retry_time(slow_gw: GatewayProcess, slow: Fa
     assert elapsed < PATIENT_RETRY["max_retry_time"] + 1
 
 
+def answered(fake: FakeOpenAI, status: int) -> bool:
+    """The fake has finished writing a response with ``status``."""
+    return any(r.status == status and r.finished_at is not None for r in chats(fake))
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_leaving_during_a_retry_after_wait_stops_the_retries(
     slow_gw: GatewayProcess, slow: FakeOpenAI, stream: bool
 ) -> None:
-    closed_at = abandon(slow_gw, chat("patient", "scenario:retry_after:1.5", stream=stream), after=0.3)
-    time.sleep(1.8)  # past the moment the gateway would have retried
+    rid = f"res-leave-retry-after-{uuid.uuid4().hex[:8]}"
+    body = chat("patient", "scenario:retry_after:1.5", stream=stream)
+    # The client leaves 0.2 s into the gateway's 1.5 s Retry-After wait (the margin lets the gateway read the 429).
+    closed_at = abandon(slow_gw, body, lambda: answered(slow, 429), after=0.2, request_id=rid)
+    # The request line is written once the gateway is done with the request: a retry it did not stop would have
+    # reached the upstream by then (1.5 s after the 429, well inside max_retry_time).
+    line = slow_gw.request_line(rid, timeout=15)
     [only] = chats(slow)
     assert only.status == 429 and only.received_at < closed_at
+    assert line["outcome"] == "cancelled" and len(line["attempts"]) == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_leaving_during_backoff_stops_the_retries(
     slow_gw: GatewayProcess, slow: FakeOpenAI, stream: bool
 ) -> None:
-    closed_at = abandon(slow_gw, chat("patient", "scenario:status:500", stream=stream), after=0.5)
+    rid = f"res-leave-backoff-{uuid.uuid4().hex[:8]}"
+    body = chat("patient", "scenario:status:500", stream=stream)
+    # The client leaves 0.1 s after the first 500: in a backoff (full jitter, up to 0.3-0.6 s) or a later attempt.
+    closed_at = abandon(slow_gw, body, lambda: answered(slow, 500), after=0.1, request_id=rid)
     seen = len(chats(slow))
-    time.sleep(1.5)  # several backoff periods (at most 0.6 s each)
+    # Done with the request (its line is written): retries it had not stopped would all be in the log by now.
+    line = slow_gw.request_line(rid, timeout=15)
+    assert line["outcome"] == "cancelled"
     late = [x.received_at - closed_at for x in chats(slow) if x.received_at > closed_at + 0.05]
     assert late == [], f"attempts {late} s after the client left"
     assert 1 <= len(chats(slow)) <= seen + 1  # at most the one already in flight when the socket closed
@@ -262,10 +280,12 @@ def test_client_leaving_during_backoff_stops_the_retries(
 def test_client_leaving_while_waiting_for_the_first_token_closes_the_upstream(
     slow_gw: GatewayProcess, slow: FakeOpenAI
 ) -> None:
-    closed_at = abandon(slow_gw, chat("patient", "scenario:silent", stream=False), after=0.3)
+    rid = f"res-leave-first-token-{uuid.uuid4().hex[:8]}"
+    body = chat("patient", "scenario:silent", stream=False)
+    closed_at = abandon(slow_gw, body, lambda: chats(slow), request_id=rid)  # the upstream has it; it stays silent
     [record] = slow.wait_for(lambda reqs: [x for x in reqs if x.client_closed_at is not None], timeout=2)
     assert record.client_closed_at is not None and record.client_closed_at - closed_at < 0.5
-    time.sleep(0.3)
+    assert slow_gw.request_line(rid)["outcome"] == "cancelled"  # done with it: no second attempt can follow
     assert len(chats(slow)) == 1
 
 

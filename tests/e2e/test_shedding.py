@@ -54,7 +54,10 @@ def test_over_capacity_is_refused_fast_and_health_stays_up(gw: GatewayProcess, f
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=50)) as client:
             calls = [client.post(gw.base_url + "/chat/completions", json=body, headers=headers) for _ in range(20)]
             tasks = [asyncio.ensure_future(c) for c in calls]
-            await asyncio.sleep(0.4)  # the first requests are streaming now
+            # Over capacity now: admitted requests have reached the upstream and a refusal has come back.
+            await fake.wait_for_async(lambda reqs: reqs, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            assert pending, "every request finished before /healthz was probed: nothing was streaming"
             started = time.monotonic()
             health = await client.get(gw.url + "/healthz")
             health_ms = (time.monotonic() - started) * 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -72,6 +73,23 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request_line(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for the JSON request log line of ``request_id`` and return it.
+
+        The gateway writes that line once it is done with the request, after its last upstream attempt: a test
+        that must show something did NOT happen later in a request waits for this instead of sleeping.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if line.startswith("{") and request_id in line:
+                    entry: dict[str, Any] = json.loads(line)
+                    if entry.get("logger") == "sluicegate.request" and entry.get("request_id") == request_id:
+                        return entry
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no request log line for {request_id} within {timeout} s:\n{self.log()[-2000:]}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -76,6 +76,7 @@ async def test_revoke_rotate_expire(store: IdentityStore) -> None:
     assert (await auth.authenticate(short["key"])).name == "short"
     row = await store.find_key("short")
     assert row is not None and row.expires_at is not None
+    # Expiry is a wall-clock instant the store compares with time.time(): no event to wait on but the clock.
     time.sleep(max(0.0, row.expires_at - time.time()) + 0.05)
     with pytest.raises(AuthenticationFailed):
         await auth.authenticate(short["key"])  # expiry is checked even on a cache hit

@@ -36,7 +36,7 @@ from .idle_timer import IdleTimer
 from .metering.pricing import cost_micro
 from .metering.record import Attempt, RequestRecord
 from .metering.tokens import TokenCounter
-from .policies.access import check_model_access
+from .policies.access import check_model_access, may_use
 from .policies.base import Policy, PolicyChain, StreamFilter
 from .providers.base import StreamStats
 from .resilience import CircuitBreaker, backoff_delay
@@ -177,12 +177,12 @@ class ChatService:
         targets = self._router.targets(model)
         context_fallback_used = False
         while (target := next(targets, None)) is not None:
+            if not may_use(ctx.principal, target.model.id):
+                # A fallback is asked only if the key could ask for it directly; skipped, never silently used.
+                ctx.attempt_log.append(_skipped(target, "model_access_denied"))
+                continue
             if not self.breaker.allow(target.key):
-                now = time.time()
-                label = target.deployment.label
-                ctx.attempt_log.append(
-                    Attempt(target.model.id, label, False, "circuit_open", started_at=now, ended_at=now)
-                )
+                ctx.attempt_log.append(_skipped(target, "circuit_open"))
                 last_error = last_error or UpstreamUnavailable("every deployment of this model is unavailable")
                 continue
             tries = 0
@@ -220,8 +220,10 @@ class ChatService:
                 self.breaker.success(target.key)
                 ctx.attempt_log.append(_attempt(target, started, started_at))
                 ctx.served_by = target
-                # Fallback models tried (a model switch each), whether or not they answered.
-                ctx.fallbacks = len({a.model for a in ctx.attempt_log} - {model.id})
+                # Fallback models tried (a model switch each), whether or not they answered; one the key may
+                # not use was not tried (and counting it would tell the client it exists).
+                tried = {a.model for a in ctx.attempt_log if a.error_code != "model_access_denied"}
+                ctx.fallbacks = len(tried - {model.id})
                 return result
             if loop.time() >= deadline:
                 break
@@ -328,6 +330,9 @@ class ChatService:
         )
         for target in self._router.targets(model):
             if target.key == stream.target.key or not target.deployment.accepts_prefill:
+                continue
+            if not may_use(ctx.principal, target.model.id):
+                ctx.attempt_log.append(_skipped(target, "model_access_denied"))
                 continue
             if not self.breaker.allow(target.key):
                 continue
@@ -526,6 +531,12 @@ def _attempt(
         started_at,
         time.time(),
     )
+
+
+def _skipped(target: Target, error_code: str) -> Attempt:
+    """The record of a target passed over without a network call (``Attempt.skipped``)."""
+    now = time.time()
+    return Attempt(target.model.id, target.deployment.label, False, error_code, started_at=now, ended_at=now)
 
 
 def _pre_stream_error(exc: BaseException) -> UpstreamError:

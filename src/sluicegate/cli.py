@@ -17,6 +17,7 @@ import click
 
 from .cli_admin import audit, groups, keys, migrate, usage
 from .config import ConfigError, load_config
+from .config_checks import config_warnings
 
 
 @click.group()
@@ -53,6 +54,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
     if config_path:
         # Workers are separate processes that build the app from the environment.
         os.environ["SLUICEGATE_CONFIG"] = os.path.abspath(config_path)
@@ -135,7 +138,11 @@ def check_config(path: str) -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
     deployments = sum(len(m.deployments) for m in config.models)
-    click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments)")
+    warnings = config_warnings(config)
+    summary = f", {len(warnings)} warning(s)" if warnings else ""
+    click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments){summary}")
+    for warning in warnings:
+        click.echo(f"  warning: {warning}", err=True)
 
 
 main.add_command(groups)

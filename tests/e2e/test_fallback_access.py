@@ -38,11 +38,18 @@ def config(fake: FakeOpenAI) -> dict[str, Any]:
         "models": [
             {"id": "gpt-fallback", "deployments": [failing], "fallbacks": ["secret-model"]},
             {"id": "gpt-fallback-open", "deployments": [failing], "fallbacks": ["secret-model", "gpt-open"]},
-            {"id": "gpt-small", "deployments": [dep(fake, "small scenario:context_length")],
-             "context_window_fallback": "secret-model"},  # fmt: skip
+            {
+                "id": "gpt-small",
+                "deployments": [dep(fake, "small scenario:context_length")],
+                "context_window_fallback": "secret-model",
+            },
             {"id": "gpt-cont", "deployments": [cut], "continue_on_failure": True, "fallbacks": ["secret-model"]},
-            {"id": "gpt-cont-open", "deployments": [cut], "continue_on_failure": True,
-             "fallbacks": ["secret-model", "gpt-prefill"]},  # fmt: skip
+            {
+                "id": "gpt-cont-open",
+                "deployments": [cut],
+                "continue_on_failure": True,
+                "fallbacks": ["secret-model", "gpt-prefill"],
+            },
             {"id": "secret-model", "deployments": [dep(fake, "secret", prefill=True)]},
             {"id": "gpt-open", "deployments": [dep(fake, "open")]},
             {"id": "gpt-prefill", "deployments": [dep(fake, "prefill", prefill=True)]},

@@ -225,7 +225,7 @@ def test_audit_verify_fails_after_a_hand_edit_and_lists_admin_actions(gw: Gatewa
 def request_audits(gw: GatewayProcess, request_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The request audit entries' payloads, by request id."""
     entries = admin(gw, "GET", "/audit?kind=request&limit=1000")["data"]
-    payloads = [json.loads(e["payload"]) for e in entries]
+    payloads = [e["payload"] for e in entries]
     return {p["request_id"]: p for p in payloads if p["request_id"] in request_ids}
 
 

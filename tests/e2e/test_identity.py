@@ -114,10 +114,14 @@ def test_admin_api_shapes_auth_and_errors(gateway: GatewayProcess) -> None:
     assert admin(gateway, "GET", "/nothing-here").status_code == 404
     assert admin(gateway, "PUT", "/keys").status_code == 405
 
-    # Only the master key administers; an API key (even a valid one) gets 401.
-    assert admin(gateway, "GET", "/groups", key=rotated["key"]).status_code == 401
-    no_auth = httpx.get(gateway.url + "/admin/v1/groups")
-    assert no_auth.status_code == 401 and no_auth.json()["error"]["code"] == "invalid_api_key"
+    # Only the master key administers: a valid API key gets 403 saying so; no key or a wrong one, 401.
+    refused = admin(gateway, "GET", "/groups", key=rotated["key"])
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_key_required"
+    assert "needs the master key" in refused.json()["error"]["message"]
+    for headers in ({}, {"Authorization": "Bearer sk-sg-not-a-real-key"}):
+        no_auth = httpx.get(gateway.url + "/admin/v1/groups", headers=headers)
+        assert no_auth.status_code == 401 and no_auth.json()["error"]["code"] == "invalid_api_key"
+        assert "The admin API needs the master key" in no_auth.json()["error"]["message"]
 
 
 def test_200_parallel_requests_valid_succeed_revoked_refused(gateway: GatewayProcess, fake: FakeOpenAI) -> None:

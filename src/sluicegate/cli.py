@@ -15,18 +15,23 @@ from collections.abc import Iterator
 
 import click
 
-from .cli_admin import audit, groups, keys, migrate, usage
+from .cli_admin import EnvHelpCommand, EnvHelpGroup, audit, groups, keys, migrate, usage
 from .config import ConfigError, load_config
 from .config_checks import config_warnings
+from .settings import Settings, display_database_url
 
 
-@click.group()
+@click.group(cls=EnvHelpGroup)
 @click.version_option(package_name="sluicegate")
 def main() -> None:
-    """sluicegate: an OpenAI-compatible LLM gateway."""
+    """sluicegate: an OpenAI-compatible LLM gateway.
+
+    `serve` and the admin commands find the same store from any folder: SLUICEGATE_DATABASE_URL if set,
+    else sluicegate.db in SLUICEGATE_DATA_DIR, else in the per-user data directory shown below.
+    """
 
 
-@main.command()
+@main.command(cls=EnvHelpCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
@@ -70,7 +75,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         )
     if not os.environ.get("SLUICEGATE_MASTER_KEY"):
         log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
-    log.info("sluicegate serving %d model(s) on http://%s:%d/v1", len(config.models), host, port)
+    database = display_database_url(Settings.from_env().database_url)
+    log.info("sluicegate serving %d model(s) on http://%s:%d/v1 (store: %s)", len(config.models), host, port, database)
     with _prometheus_multiproc_dir(workers):
         # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done, after restoring the
         # handler it found; a no-op handler here makes that final re-raise harmless, so a drained exit is 0.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,8 +20,7 @@ from tests.conftest import gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
-
-REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+from tests.support.services import redis_url
 
 
 def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -153,7 +151,7 @@ def test_200_parallel_requests_valid_succeed_revoked_refused(gateway: GatewayPro
 def replicas(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     workdir = tmp_path_factory.mktemp("replicas")
     with database_url("postgres", workdir) as url:
-        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": REDIS_URL}
+        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": redis_url()}
         config = gateway_config(upstream.url)
         config["auth"] = {"cache_ttl": 60}  # prove propagation comes from the bus, not from expiry
         procs = []

@@ -6,23 +6,27 @@ this process and on every replica are dropped at once (SPEC: revocation within a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+import orjson
 from pydantic import ValidationError
 
 from .auth.keys import generate_key
 from .dlp.config import DirectionConfig
 from .dlp.detectors import BUILTIN_NAMES
 from .errors import Conflict, InternalError, InvalidRequest, NotFound
-from .storage.identity import GroupRow, IdentityStore, KeyRow, NameTaken
+from .storage.identity import GroupInUse, GroupRow, IdentityStore, KeyRow, NameTaken
 from .storage.usage import REPORT_DIMENSIONS, UsageStore
 from .types import NO_LIMITS, Limits
 
+AUDIT_KINDS = ("request", "admin", "dlp")
 _MAX_RATE = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
+_MAX_BUDGET_MICRO = 2**63 - 1  # budget_micro is a 64-bit integer
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
 _PATTERN = re.compile(r"[A-Za-z0-9*?.\-_:/\[\]!@]{1,200}")
 
@@ -119,18 +123,8 @@ def parse_limits(body: dict[str, Any], current: Limits) -> Limits:
                 raise InvalidRequest(f"'{name}' must be an integer from 1 to {_MAX_RATE}, or null", param=name)
             rpm, tpm = (value, tpm) if name == "rpm" else (rpm, value)
     if "budget" in body or "budget_micro" in body:
-        raw = body.get("budget_micro", body.get("budget"))
-        if raw is None:
-            budget = None
-        else:
-            try:
-                amount = Decimal(str(raw))
-            except InvalidOperation as exc:
-                raise InvalidRequest("'budget' must be a number of credits", param="budget") from exc
-            micro = amount if "budget_micro" in body else amount * 1_000_000
-            if micro < 0 or micro != micro.to_integral_value():
-                raise InvalidRequest("'budget' must be >= 0 with at most 6 decimals", param="budget")
-            budget = int(micro)
+        field = "budget_micro" if "budget_micro" in body else "budget"
+        budget = None if body[field] is None else _budget_micro(body[field], field)
     if "budget_period" in body:
         period = body["budget_period"] or "total"
         if period not in ("total", "day", "month"):
@@ -138,6 +132,25 @@ def parse_limits(body: dict[str, Any], current: Limits) -> Limits:
     if rpm is None and tpm is None and budget is None:
         return NO_LIMITS
     return Limits(rpm=rpm, tpm=tpm, budget_micro=budget, budget_period=period)
+
+
+def _budget_micro(raw: Any, field: str) -> int:
+    """Credits (``budget``) or micro-credits (``budget_micro``) as integer micro-credits, within the column."""
+    amount = None
+    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        with contextlib.suppress(InvalidOperation):
+            amount = Decimal(str(raw).strip())
+    # NaN and Infinity parse as Decimals (and NaN refuses comparisons), so finiteness is checked first.
+    if amount is None or not amount.is_finite():
+        raise InvalidRequest(f"'{field}' must be a finite number of credits, or null", param=field)
+    micro = amount if field == "budget_micro" else amount * 1_000_000
+    if not 0 <= micro <= _MAX_BUDGET_MICRO:
+        most = _MAX_BUDGET_MICRO if field == "budget_micro" else _MAX_BUDGET_MICRO // 1_000_000
+        raise InvalidRequest(f"'{field}' must be from 0 to {most}", param=field)
+    if micro != micro.to_integral_value():
+        unit = "a whole number of micro-credits" if field == "budget_micro" else "at most 6 decimals"
+        raise InvalidRequest(f"'{field}' must have {unit}", param=field)
+    return int(micro)
 
 
 class Admin:
@@ -227,11 +240,15 @@ class Admin:
 
     async def delete_group(self, name: str, actor: str = "admin") -> None:
         group = await self.group(name)
-        if await self._store.count_keys(group.id):
-            raise Conflict(f"group {name!r} still has keys; revoke or move them first")
-        await self._store.delete_group(group.id)
+        try:
+            removed = await self._store.delete_group(group.id)
+        except GroupInUse as exc:
+            raise Conflict(
+                f"group {name!r} still has keys that are not revoked; revoke them first "
+                "(revoked keys are deleted with their group)"
+            ) from exc
         await self._bus.group_changed(group.name)
-        await self._record(actor, "group.delete", name)
+        await self._record(actor, "group.delete", name, revoked_keys_deleted=removed)
 
     # keys
 
@@ -316,7 +333,13 @@ class Admin:
         return rows
 
     async def audit_entries(self, limit: int, kind: str | None) -> list[dict[str, Any]]:
-        return await self._usage_store().audit_entries(limit, kind)
+        if kind is not None and kind not in AUDIT_KINDS:
+            raise InvalidRequest(f"'kind' must be one of {', '.join(AUDIT_KINDS)}", param="kind")
+        rows = await self._usage_store().audit_entries(limit, kind)
+        for row in rows:
+            # Stored as the canonical JSON the hash covers; callers get the object, not JSON inside a string.
+            row["payload"] = orjson.loads(row["payload"])
+        return rows
 
     async def verify_audit(self) -> dict[str, Any]:
         result = await self._usage_store().verify_audit()
@@ -357,25 +380,37 @@ def _dlp_override(body: Any) -> dict[str, Any] | None:
 
 
 def _when(value: Any, param: str) -> float:
-    """An ISO date/time (UTC when no zone), epoch seconds, or a duration back from now such as ``7d``."""
+    """An ISO date/time (UTC when no zone), epoch seconds (a number, or a string of digits), or a duration
+    back from now such as ``7d``; always between 1970 and 9999, the years a report can name."""
+    when: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        when = float(value)
+    elif isinstance(value, str):
         text = value.strip()
         if m := _DURATION.fullmatch(text):
-            return time.time() - int(m.group(1)) * _UNIT[m.group(2)]
-        try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError:
-            pass
+            when = time.time() - int(m.group(1)) * _UNIT[m.group(2)]
+        elif _EPOCH.fullmatch(text):
+            when = float(text)
         else:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-    raise InvalidRequest(
-        f"'{param}' must be a date (2026-11-01), a time, epoch seconds or a duration (7d)", param=param
-    )
+            try:
+                parsed = dt.datetime.fromisoformat(text)
+            except ValueError:
+                pass
+            else:
+                when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    if when is None:
+        raise InvalidRequest(
+            f"'{param}' must be a date (2026-11-01), a time, epoch seconds or a duration (7d)", param=param
+        )
+    if not 0 <= when < _YEAR_10000:
+        raise InvalidRequest(f"'{param}' is out of range: it must fall between 1970 and 9999", param=param)
+    return when
 
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"(\d+)([smhdw])", re.ASCII)
+# Plain numbers are epoch seconds (a basic-format date such as 20261101 must be written 2026-11-01).
+_EPOCH = re.compile(r"\d{1,12}(\.\d+)?", re.ASCII)
+_YEAR_10000 = 253402300800.0
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -383,8 +418,13 @@ def _expiry(value: Any) -> float | None:
     """``None``, epoch seconds, or a duration from now such as ``30d`` or ``12h``."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > time.time():
+    now = time.time()
+    if isinstance(value, int | float) and not isinstance(value, bool) and now < value < _YEAR_10000:
         return float(value)
+    if isinstance(value, str) and _EPOCH.fullmatch(value.strip()):
+        return _expiry(float(value))
     if isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())) and int(m.group(1)) > 0:
-        return time.time() + int(m.group(1)) * _UNIT[m.group(2)]
+        when = now + int(m.group(1)) * _UNIT[m.group(2)]
+        if when < _YEAR_10000:
+            return when
     raise InvalidRequest("'expires' must be a future epoch time or a duration such as '30d'", param="expires")

@@ -149,8 +149,10 @@ class RetryConfig(_Strict):
     backoff_max: float = Field(default=2.0, ge=0)
     # Wait for an upstream's Retry-After up to this many seconds; a longer hint moves on to another deployment.
     retry_after_cap: float = Field(default=2.0, ge=0)
-    # Total time spent on attempts and waits before giving up (the first-token timeouts still apply per attempt).
-    max_retry_time: float = Field(default=30.0, gt=0)
+    # No new attempt or wait starts after this many seconds from the request's arrival (a running attempt is
+    # bounded by its own timeouts). The default leaves room for a failover after a silent first attempt at the
+    # default first_token (60 + 60); `check-config` warns about configs where it does not (config_checks.py).
+    max_retry_time: float = Field(default=120.0, gt=0)
 
 
 class CircuitConfig(_Strict):

@@ -12,7 +12,8 @@ an SSE ``stream_error`` frame (SPEC §7).
     ├── PermissionDenied          403
     │   ├── ModelAccessDenied         model_access_denied
     │   ├── BudgetExceeded            budget_exceeded
-    │   └── DlpBlocked                dlp_blocked
+    │   ├── DlpBlocked                dlp_blocked
+    │   └── AdminKeyRequired          admin_key_required (an API key on the admin API)
     ├── NotFound                  404 (route)
     │   └── ModelNotFound             model_not_found
     ├── MethodNotAllowed          405 method_not_allowed
@@ -91,6 +92,10 @@ class BudgetExceeded(PermissionDenied):
 
 class DlpBlocked(PermissionDenied):
     code = "dlp_blocked"
+
+
+class AdminKeyRequired(PermissionDenied):
+    code = "admin_key_required"
 
 
 class NotFound(GatewayError):

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from .types import Usage
 
+# Error codes of attempts that were skipped without a network call: an open circuit, or a fallback or
+# continuation target the key may not use.
+SKIPPED_CODES = frozenset(("circuit_open", "model_access_denied"))
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -20,6 +24,11 @@ class Attempt:
     # Epoch seconds, so traces can be emitted after the fact with the attempt's real start and end.
     started_at: float = 0.0
     ended_at: float = 0.0
+
+    @property
+    def skipped(self) -> bool:
+        """Never sent upstream (nothing was tried, so it is neither a retry nor a failure of the deployment)."""
+        return not self.ok and self.error_code in SKIPPED_CODES
 
 
 @dataclass(slots=True)

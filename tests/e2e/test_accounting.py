@@ -25,9 +25,9 @@ from tests.conftest import TEST_TIMEOUTS
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
+from tests.support.services import redis_url
 
 PRICE = {"input": 1000, "cached_input": 100, "output": 2000}  # credits per million tokens
-REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def config(url: str) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def test_audit_verify_fails_after_a_hand_edit_and_lists_admin_actions(gw: Gatewa
 def request_audits(gw: GatewayProcess, request_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The request audit entries' payloads, by request id."""
     entries = admin(gw, "GET", "/audit?kind=request&limit=1000")["data"]
-    payloads = [json.loads(e["payload"]) for e in entries]
+    payloads = [e["payload"] for e in entries]
     return {p["request_id"]: p for p in payloads if p["request_id"] in request_ids}
 
 
@@ -281,7 +281,7 @@ def test_prompt_logging_keeps_forwarded_prompts_redacted_and_bounded(
 def replicas(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     workdir = tmp_path_factory.mktemp("acct-replicas")
     with database_url("postgres", workdir) as url:
-        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": REDIS_URL}
+        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": redis_url()}
         procs = []
         try:
             for i in range(2):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,8 +20,7 @@ from tests.conftest import gateway_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
-
-REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+from tests.support.services import redis_url
 
 
 def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -114,10 +112,14 @@ def test_admin_api_shapes_auth_and_errors(gateway: GatewayProcess) -> None:
     assert admin(gateway, "GET", "/nothing-here").status_code == 404
     assert admin(gateway, "PUT", "/keys").status_code == 405
 
-    # Only the master key administers; an API key (even a valid one) gets 401.
-    assert admin(gateway, "GET", "/groups", key=rotated["key"]).status_code == 401
-    no_auth = httpx.get(gateway.url + "/admin/v1/groups")
-    assert no_auth.status_code == 401 and no_auth.json()["error"]["code"] == "invalid_api_key"
+    # Only the master key administers: a valid API key gets 403 saying so; no key or a wrong one, 401.
+    refused = admin(gateway, "GET", "/groups", key=rotated["key"])
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_key_required"
+    assert "needs the master key" in refused.json()["error"]["message"]
+    for headers in ({}, {"Authorization": "Bearer sk-sg-not-a-real-key"}):
+        no_auth = httpx.get(gateway.url + "/admin/v1/groups", headers=headers)
+        assert no_auth.status_code == 401 and no_auth.json()["error"]["code"] == "invalid_api_key"
+        assert "The admin API needs the master key" in no_auth.json()["error"]["message"]
 
 
 def test_200_parallel_requests_valid_succeed_revoked_refused(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
@@ -149,7 +151,7 @@ def test_200_parallel_requests_valid_succeed_revoked_refused(gateway: GatewayPro
 def replicas(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     workdir = tmp_path_factory.mktemp("replicas")
     with database_url("postgres", workdir) as url:
-        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": REDIS_URL}
+        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": redis_url()}
         config = gateway_config(upstream.url)
         config["auth"] = {"cache_ttl": 60}  # prove propagation comes from the bus, not from expiry
         procs = []

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -34,8 +32,8 @@ from tests.conftest import TEST_TIMEOUTS
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import MASTER_KEY, GatewayProcess, free_port
+from tests.support.services import nginx_path, redis_url
 
-REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 NGINX_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 PRICE = {"input": 1000, "cached_input": 100, "output": 2000}  # credits per million tokens
 COST = 11 * 1000 + 5 * 2000  # the fake upstream always reports 11 prompt + 5 completion tokens
@@ -93,13 +91,7 @@ class Cluster:
 
 
 def start_nginx(prefix: Path, replicas: list[GatewayProcess]) -> tuple[subprocess.Popen[bytes], str]:
-    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-    if nginx is None:
-        pytest.fail(
-            "nginx is not installed: this test runs the reference load balancer deploy/nginx.conf. "
-            "Install it with `apt-get install -y nginx-light` (.ci/run does this in CI).",
-            pytrace=False,
-        )
+    nginx = nginx_path()
     port = free_port()
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(nginx_config(NGINX_CONF.read_text(), prefix, port, [r.port for r in replicas]))
@@ -124,11 +116,12 @@ def start_nginx(prefix: Path, replicas: list[GatewayProcess]) -> tuple[subproces
 
 @pytest.fixture(scope="module")
 def cluster(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    nginx_path()  # before starting three replicas it could not balance
     workdir = tmp_path_factory.mktemp("nginx-replicas")
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / "nginx" / d).mkdir(parents=True)
     with database_url("postgres", workdir) as url:
-        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": REDIS_URL}
+        env = {"SLUICEGATE_DATABASE_URL": url, "SLUICEGATE_REDIS_URL": redis_url()}
         procs: list[GatewayProcess] = []
         nginx: subprocess.Popen[bytes] | None = None
         try:

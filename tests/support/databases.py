@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-PG_DSN = os.environ.get("SLUICEGATE_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
+from tests.support.services import PG_DSN, require
 
 
 async def _pg_async(sql: str) -> None:
@@ -35,6 +34,7 @@ def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'sluicegate.db'}"
         return
+    require("postgresql")
     schema = "t_" + uuid.uuid4().hex[:12]
     pg_execute(f'CREATE SCHEMA "{schema}"')
     try:

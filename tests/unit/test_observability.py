@@ -114,6 +114,7 @@ def test_retries_fallbacks_and_skipped_circuits() -> None:
         Attempt("gpt-x", "a", False, "upstream_error", 500, 10.0),
         Attempt("gpt-x", "a", False, "upstream_timeout", 504, 1500.0),
         Attempt("gpt-x", "b", False, "circuit_open"),
+        Attempt("claude-y", "d", False, "model_access_denied"),  # a fallback the key may not use: skipped
         Attempt("claude-y", "c", True, latency_ms=300.0),
     ]
     m.observe(record(model="claude-y", deployment="c", attempts=attempts, latency_ms=2100.0))
@@ -123,9 +124,12 @@ def test_retries_fallbacks_and_skipped_circuits() -> None:
     )
     assert value(m, "sluicegate_upstream_attempts_total", model="gpt-x", deployment="b", outcome="circuit_open") == 1
     assert value(m, "sluicegate_upstream_attempts_total", model="claude-y", deployment="c", outcome="ok") == 1
-    # Retries: every real attempt after the first; a circuit-open skip is neither.
+    assert value(m, "sluicegate_upstream_attempts_total", model="claude-y", deployment="d",
+                 outcome="model_access_denied") == 1  # fmt: skip
+    # Retries: every real attempt after the first; a skip (open circuit, access denied) is neither.
     assert value(m, "sluicegate_upstream_retries_total", model="gpt-x", deployment="a") == 1
     assert value(m, "sluicegate_upstream_retries_total", model="gpt-x", deployment="b") == 0
+    assert value(m, "sluicegate_upstream_retries_total", model="claude-y", deployment="d") == 0
     assert value(m, "sluicegate_upstream_retries_total", model="claude-y", deployment="c") == 1
     assert value(m, "sluicegate_fallbacks_total", requested_model="gpt-x", model="claude-y") == 1
     # Backoff waits count as the gateway's: 2100 - (10 + 1500 + 0 + 300).

@@ -7,15 +7,20 @@ import sys
 import click
 
 from ..config import ConfigError, load_config
+from ..config_checks import config_warnings
 from ..providers.registry import PROVIDERS
-from .admin import audit, groups, keys, migrate, usage
+from .admin import EnvHelpGroup, audit, groups, keys, migrate, usage
 from .serve import serve
 
 
-@click.group()
+@click.group(cls=EnvHelpGroup)
 @click.version_option(package_name="sluicegate")
 def main() -> None:
-    """sluicegate: an OpenAI-compatible LLM gateway."""
+    """sluicegate: an OpenAI-compatible LLM gateway.
+
+    `serve` and the admin commands find the same store from any folder: SLUICEGATE_DATABASE_URL if set,
+    else sluicegate.db in SLUICEGATE_DATA_DIR, else in the per-user data directory shown below.
+    """
 
 
 @main.command("check-config")
@@ -30,7 +35,11 @@ def check_config(path: str) -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
     deployments = sum(len(m.deployments) for m in config.models)
-    click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments)")
+    warnings = config_warnings(config)
+    summary = f", {len(warnings)} warning(s)" if warnings else ""
+    click.echo(f"{path}: ok ({len(config.models)} models, {deployments} deployments){summary}")
+    for warning in warnings:
+        click.echo(f"  warning: {warning}", err=True)
 
 
 main.add_command(serve)

@@ -1,30 +1,94 @@
-"""``sluicegate groups|keys|migrate``: the admin service through the command line (same code as the API)."""
+"""``sluicegate groups|keys|usage|audit|migrate``: the admin service through the command line (same code as the API)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..admin import Admin
 from ..config import ConfigError, load_config
 from ..errors import GatewayError
 from ..providers.registry import PROVIDERS
 from ..runtime import Runtime
-from ..settings import Settings
+from ..settings import ENVIRONMENT, Settings, display_database_url
+from ..storage.db import StoreConfigError
 
 T = TypeVar("T")
 
 
-@contextlib.asynccontextmanager
-async def _admin() -> AsyncIterator[Admin]:
+_DATABASE_URL = "sluicegate.database_url"
+
+
+def _remember_database(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_DATABASE_URL] = value
+
+
+def database_option() -> click.Option:
+    return click.Option(
+        ["--database-url"],
+        default=None,
+        expose_value=False,
+        callback=_remember_database,
+        help="The store to use (default: SLUICEGATE_DATABASE_URL, else sqlite:///<data dir>/sluicegate.db).",
+    )
+
+
+def print_environment(formatter: click.HelpFormatter) -> None:
+    """The SLUICEGATE_* variables, and the store they resolve to for this user."""
+    with formatter.section("Environment"):
+        formatter.write_dl(list(ENVIRONMENT))
     settings = Settings.from_env()
+    with formatter.section("Resolved here"):
+        formatter.write_dl([("data dir", settings.data_dir), ("database", display_database_url(settings.database_url))])
+
+
+class EnvHelpGroup(click.Group):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        print_environment(formatter)
+
+
+class EnvHelpCommand(click.Command):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        print_environment(formatter)
+
+
+class AdminGroup(EnvHelpGroup):
+    """Every admin command takes ``--database-url`` (and says on stderr which store it uses)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(database_option())
+        super().add_command(cmd, name)
+
+
+class AdminCommand(EnvHelpCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(database_option())
+
+
+def _settings() -> Settings:
+    """The environment's settings, with the command's ``--database-url``; says on stderr which store it uses."""
+    settings = Settings.from_env()
+    url = click.get_current_context().meta.get(_DATABASE_URL)
+    if url:
+        settings = dataclasses.replace(settings, database_url=url)
+    click.echo(f"using {display_database_url(settings.database_url)}", err=True)
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def _admin(settings: Settings) -> AsyncIterator[Admin]:
     try:
         config = load_config(settings.config_path, providers=PROVIDERS)
     except ConfigError as exc:
@@ -38,14 +102,36 @@ async def _admin() -> AsyncIterator[Admin]:
 
 
 def _run(op: Callable[[Admin], Awaitable[T]]) -> T:
+    settings = _settings()
+
     async def main() -> T:
-        async with _admin() as admin:
+        async with _admin(settings) as admin:
             return await op(admin)
 
     try:
-        return asyncio.run(main())
+        return _with_store(settings, main)
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc
+
+
+def _with_store(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main``; a store that cannot be opened is one line naming it (password masked), not a traceback."""
+    try:
+        return asyncio.run(main())
+    except (OSError, SQLAlchemyError, StoreConfigError) as exc:
+        shown = display_database_url(settings.database_url)
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        password = _password(settings.database_url)
+        if password:
+            detail = detail.replace(password, "***")
+        raise click.ClickException(f"cannot use the store {shown}: {detail}") from None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _when(ts: float | None) -> str:
@@ -78,7 +164,7 @@ def _show_key(k: dict[str, Any]) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-@click.group()
+@click.group(cls=AdminGroup)
 def groups() -> None:
     """Groups and the models they may use."""
 
@@ -88,6 +174,7 @@ def groups() -> None:
 @click.option("--models", default="", help="Comma-separated model ids or patterns, e.g. 'gpt-*,claude-*'.")
 @json_option
 def groups_create(name: str, models: str, as_json: bool) -> None:
+    """Create a group and the models its keys may use."""
     group = _run(lambda a: a.create_group(name, [m for m in models.split(",") if m]))
     _emit(group, as_json, lambda: click.echo(f"created group {group['name']}: {','.join(group['models'])}"))
 
@@ -95,6 +182,7 @@ def groups_create(name: str, models: str, as_json: bool) -> None:
 @groups.command("list")
 @json_option
 def groups_list(as_json: bool) -> None:
+    """List the groups and their models."""
     items = _run(lambda a: a.list_groups())
     _emit(items, as_json, lambda: _table([[g["name"], ",".join(g["models"])] for g in items], ["NAME", "MODELS"]))
 
@@ -104,6 +192,7 @@ def groups_list(as_json: bool) -> None:
 @click.argument("models")
 @json_option
 def groups_set_models(name: str, models: str, as_json: bool) -> None:
+    """Replace a group's models (comma-separated ids or patterns)."""
     group = _run(lambda a: a.set_group_models(name, [m for m in models.split(",") if m]))
     _emit(group, as_json, lambda: click.echo(f"{group['name']}: {','.join(group['models'])}"))
 
@@ -112,6 +201,7 @@ def groups_set_models(name: str, models: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("model")
 def groups_grant(name: str, model: str) -> None:
+    """Add one model id or pattern to a group."""
     group = _run(lambda a: a.grant(name, model))
     click.echo(f"{group['name']}: {','.join(group['models'])}")
 
@@ -119,11 +209,12 @@ def groups_grant(name: str, model: str) -> None:
 @groups.command("delete")
 @click.argument("name")
 def groups_delete(name: str) -> None:
+    """Delete a group; refused while it has a key that is not revoked (revoked keys go with it)."""
     _run(lambda a: a.delete_group(name))
     click.echo(f"deleted group {name}")
 
 
-@click.group()
+@click.group(cls=AdminGroup)
 def keys() -> None:
     """API keys: create (shown once), list, show, revoke, rotate."""
 
@@ -132,9 +223,10 @@ def keys() -> None:
 @click.option("--name", required=True)
 @click.option("--group", required=True)
 @click.option("--models", default=None, help="Narrow the group's models for this key (comma-separated).")
-@click.option("--expires", default=None, help="A duration from now, e.g. 30d, 12h.")
+@click.option("--expires", default=None, help="A duration from now (30d, 12h) or epoch seconds.")
 @json_option
 def keys_create(name: str, group: str, models: str | None, expires: str | None, as_json: bool) -> None:
+    """Create a key in a group; the key is printed once, on the last line."""
     narrowing = [m for m in models.split(",") if m] if models else None
     key = _run(lambda a: a.create_key(name, group, narrowing, expires))
 
@@ -147,9 +239,10 @@ def keys_create(name: str, group: str, models: str | None, expires: str | None, 
 
 
 @keys.command("list")
-@click.option("--group", default=None)
+@click.option("--group", default=None, help="Only the keys of this group.")
 @json_option
 def keys_list(group: str | None, as_json: bool) -> None:
+    """List keys (never their secrets)."""
     items = _run(lambda a: a.list_keys(group))
     rows = [[k["name"], k["prefix"], k["group"], k["status"], _when(k["last_used_at"])] for k in items]
     _emit(items, as_json, lambda: _table(rows, ["NAME", "PREFIX", "GROUP", "STATUS", "LAST USED"]))
@@ -159,6 +252,7 @@ def keys_list(group: str | None, as_json: bool) -> None:
 @click.argument("ref")
 @json_option
 def keys_show(ref: str, as_json: bool) -> None:
+    """Show one key, by name or public prefix."""
     key = _run(lambda a: a.show_key(ref))
     _emit(key, as_json, lambda: _show_key(key))
 
@@ -167,6 +261,7 @@ def keys_show(ref: str, as_json: bool) -> None:
 @click.argument("ref")
 @json_option
 def keys_revoke(ref: str, as_json: bool) -> None:
+    """Revoke a key (by name or prefix): refused from then on, on every replica."""
     key = _run(lambda a: a.revoke_key(ref))
     _emit(key, as_json, lambda: click.echo(f"revoked key {key['name']} ({key['prefix']})"))
 
@@ -175,6 +270,7 @@ def keys_revoke(ref: str, as_json: bool) -> None:
 @click.argument("ref")
 @json_option
 def keys_rotate(ref: str, as_json: bool) -> None:
+    """Give a key a new secret (printed once); the old one stops working."""
     key = _run(lambda a: a.rotate_key(ref))
 
     def human() -> None:
@@ -184,20 +280,22 @@ def keys_rotate(ref: str, as_json: bool) -> None:
     _emit(key, as_json, human)
 
 
-@click.command()
+@click.command(cls=AdminCommand)
 def migrate() -> None:
     """Apply pending database migrations (also done at every start)."""
     from ..storage.db import create_engine
     from ..storage.migrations import migrate as apply
 
+    settings = _settings()
+
     async def main() -> list[str]:
-        engine = create_engine(Settings.from_env().database_url)
+        engine = create_engine(settings.database_url)
         try:
             return await apply(engine)
         finally:
             await engine.dispose()
 
-    applied = asyncio.run(main())
+    applied = _with_store(settings, main)
     click.echo(f"applied migrations: {', '.join(applied)}" if applied else "the database is up to date")
     sys.exit(0)
 
@@ -268,10 +366,12 @@ def keys_limits(
     _emit(key, as_json, lambda: _show_limits(key))
 
 
-@click.command()
+@click.command(cls=AdminCommand)
 @click.option("--by", type=click.Choice(["key", "group", "model"]), default="model", show_default=True)
-@click.option("--since", default="30d", show_default=True, help="A date (2026-11-01), a time or a duration (7d).")
-@click.option("--until", default=None)
+@click.option(
+    "--since", default="30d", show_default=True, help="A date (2026-11-01), a time, epoch seconds or a duration (7d)."
+)
+@click.option("--until", default=None, help="As --since; default: now.")
 @json_option
 def usage(by: str, since: str, until: str | None, as_json: bool) -> None:
     """Usage and cost totals (daily rollups plus the raw rows not yet rolled up)."""
@@ -283,7 +383,7 @@ def usage(by: str, since: str, until: str | None, as_json: bool) -> None:
     _emit(rows, as_json, lambda: _table(table, [by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "COST"]))
 
 
-@click.group()
+@click.group(cls=AdminGroup)
 def audit() -> None:
     """The hash-chained audit log."""
 

@@ -26,7 +26,10 @@ import click
 
 from ..app import Gateway, create_app
 from ..config import ConfigError, load_config
+from ..config_checks import config_warnings
 from ..providers.registry import PROVIDERS
+from ..settings import Settings, display_database_url
+from .admin import EnvHelpCommand
 
 # The cyclic collector runs when net allocations pass the first number. CPython's 700 is crossed all the time by
 # requests in flight (64 of them hold thousands of objects), so it ran ~3,000 times in 30 s of load, promoting
@@ -72,7 +75,7 @@ def serving_app() -> Any:
     return create_app(on_started=tune_process)
 
 
-@click.command()
+@click.command(cls=EnvHelpCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
@@ -100,6 +103,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         config = load_config(config_path, providers=PROVIDERS)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
     if config_path:
         # Workers are separate processes that build the app from the environment.
         os.environ["SLUICEGATE_CONFIG"] = os.path.abspath(config_path)
@@ -114,7 +119,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         )
     if not os.environ.get("SLUICEGATE_MASTER_KEY"):
         log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
-    log.info("sluicegate serving %d model(s) on http://%s:%d/v1", len(config.models), host, port)
+    database = display_database_url(Settings.from_env().database_url)
+    log.info("sluicegate serving %d model(s) on http://%s:%d/v1 (store: %s)", len(config.models), host, port, database)
     with _prometheus_multiproc_dir(workers):
         # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done, after restoring the
         # handler it found; a no-op handler here makes that final re-raise harmless, so a drained exit is 0.

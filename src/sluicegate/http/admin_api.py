@@ -19,7 +19,9 @@
     GET    /admin/v1/audit?limit=100&kind=admin   newest first
     GET    /admin/v1/audit/verify                 walks the hash chain
 
-Only the master key is accepted. Errors use the OpenAI envelope like every other endpoint.
+Only the master key is accepted: no credential, or one that is no key at all, gets 401 ``invalid_api_key``; a
+valid API key gets 403 ``admin_key_required`` (it authenticates, but only the master key administers). Errors
+use the OpenAI envelope like every other endpoint; bad input is a 400 whose ``param`` names the field.
 """
 
 from __future__ import annotations
@@ -29,29 +31,53 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from ..auth.authenticator import INVALID_KEY_MESSAGE
 from ..auth.credentials import extract_credential
-from ..errors import AuthenticationFailed, GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from ..errors import AdminKeyRequired, AuthenticationFailed, GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from .asgi import Request, send_error, send_json
 
 if TYPE_CHECKING:
     from .deps import Services
 
 PREFIX = "/admin/v1/"
+ADMIN_KEY_MESSAGE = (
+    "The admin API needs the master key (SLUICEGATE_MASTER_KEY) as 'Authorization: Bearer <key>'; "
+    "none was given, or it is not a valid key."
+)
 _MAX_ADMIN_BODY = 1024 * 1024
 
 
 async def dispatch(gw: Services, request: Request) -> None:
     try:
-        credential = extract_credential(request.header(b"authorization"), request.header(b"x-api-key"))
-        if not gw.master.is_master(credential):
-            raise AuthenticationFailed(INVALID_KEY_MESSAGE)
+        await _require_master(gw, request)
         parts = [unquote(p) for p in request.path[len(PREFIX) :].split("/") if p]
         status, result = await _route(gw, request, parts)
     except GatewayError as exc:
         await send_error(request.send, exc)
         return
     await send_json(request.send, status, result)
+
+
+async def _require_master(gw: Services, request: Request) -> None:
+    try:
+        credential = extract_credential(request.header(b"authorization"), request.header(b"x-api-key"))
+        if gw.master.is_master(credential):
+            return
+        # Only to tell a caller with a working API key why it is refused (it could learn as much from /v1/models).
+        await gw.authenticator.authenticate(credential)
+    except AuthenticationFailed:
+        raise AuthenticationFailed(ADMIN_KEY_MESSAGE) from None
+    raise AdminKeyRequired(
+        "This API key may call models, but not the admin API, which needs the master key (SLUICEGATE_MASTER_KEY)."
+    )
+
+
+def _limit(q: dict[str, str]) -> int:
+    raw = q.get("limit")
+    if raw is None:
+        return 100
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise InvalidRequest("'limit' must be a whole number from 1 (at most 1000 are returned)", param="limit")
+    return min(int(raw), 1000)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -109,8 +135,7 @@ async def _route(gw: Services, request: Request, parts: list[str]) -> tuple[int,
             return 200, _listing(rows)
         case ["audit"] if method == "GET":
             q = _query(request)
-            limit = int(q["limit"]) if q.get("limit", "").isdigit() else 100
-            return 200, _listing(await admin.audit_entries(min(limit, 1000), q.get("kind")))
+            return 200, _listing(await admin.audit_entries(_limit(q), q.get("kind")))
         case ["audit", "verify"] if method == "GET":
             return 200, await admin.verify_audit()
         case ["groups", name, "grants"] if method == "POST":

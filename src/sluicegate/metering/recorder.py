@@ -237,7 +237,7 @@ class MeteringSink:
                     )
                 )
             prompt = None
-            if self._audit_prompts is not None and record.attempts:
+            if self._audit_prompts is not None and any(not a.skipped for a in record.attempts):
                 prompt = prompt_text(ctx.request.messages, self._audit_prompts)
             await self._recorder.record(record, prompt)
         except Exception as exc:

@@ -127,7 +127,8 @@ class Metrics:
         )
         self.attempts = Counter(
             "sluicegate_upstream_attempts",
-            "Upstream attempts by deployment and outcome (ok, an error code, or circuit_open when skipped).",
+            "Upstream attempts by deployment and outcome "
+            "(ok, an error code; circuit_open or model_access_denied: skipped, not sent).",
             ["model", "deployment", "outcome"],
             registry=r,
         )
@@ -238,8 +239,8 @@ class Metrics:
             model = self.model_label(attempt.model)
             outcome = "ok" if attempt.ok else self.code_label(attempt.error_code)
             child(self.attempts, model, attempt.deployment, outcome).inc()
-            if attempt.error_code == "circuit_open" and not attempt.ok:
-                continue  # skipped, not tried: neither an attempt on the wire nor a retry
+            if attempt.skipped:
+                continue  # not tried (open circuit, or a fallback the key may not use): not a retry
             tried += 1
             if tried > 1:
                 child(self.retries, model, attempt.deployment).inc()

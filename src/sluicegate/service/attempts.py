@@ -17,6 +17,7 @@ from typing import TypeVar
 from ..config import ModelConfig, RetryConfig
 from ..errors import GatewayError, StreamInterrupted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..hooks import RequestContext, Served
+from ..policies.access import may_use
 from ..records import Attempt
 from ..routing.backoff import backoff_delay
 from ..routing.circuit import CircuitBreaker
@@ -41,12 +42,12 @@ class AttemptLoop:
         targets = self._router.targets(model)
         context_fallback_used = False
         while (target := next(targets, None)) is not None:
+            if not may_use(ctx.principal, target.model.id):
+                # A fallback is asked only if the key could ask for it directly; skipped, never silently used.
+                ctx.attempt_log.append(skipped(target, "model_access_denied"))
+                continue
             if not breaker.allow(target.key):
-                now = time.time()
-                label = target.deployment.label
-                ctx.attempt_log.append(
-                    Attempt(target.model.id, label, False, "circuit_open", started_at=now, ended_at=now)
-                )
+                ctx.attempt_log.append(skipped(target, "circuit_open"))
                 last_error = last_error or UpstreamUnavailable("every deployment of this model is unavailable")
                 continue
             tries = 0
@@ -84,8 +85,10 @@ class AttemptLoop:
                 breaker.success(target.key)
                 ctx.attempt_log.append(attempt_record(target, started, started_at))
                 ctx.served_by = Served(target.model, target.deployment)
-                # Fallback models tried (a model switch each), whether or not they answered.
-                ctx.fallbacks = len({a.model for a in ctx.attempt_log} - {model.id})
+                # Fallback models tried (a model switch each), whether or not they answered; one the key may
+                # not use was not tried (and counting it would tell the client it exists).
+                tried = {a.model for a in ctx.attempt_log if a.error_code != "model_access_denied"}
+                ctx.fallbacks = len(tried - {model.id})
                 return result
             if loop.time() >= deadline:
                 break
@@ -115,6 +118,12 @@ def attempt_record(
         started_at,
         time.time(),
     )
+
+
+def skipped(target: Target, error_code: str) -> Attempt:
+    """The record of a target passed over without a network call (``Attempt.skipped``)."""
+    now = time.time()
+    return Attempt(target.model.id, target.deployment.label, False, error_code, started_at=now, ended_at=now)
 
 
 def pre_stream_error(exc: BaseException) -> UpstreamError:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from ..config import GatewayConfig, ModelConfig
 from ..errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTimeout
 from ..hooks import PolicyChain, RequestContext
-from ..policies.access import check_model_access
+from ..policies.access import check_model_access, may_use
 from ..pricing import cost_micro
 from ..providers.base import StreamStats
 from ..records import RequestRecord
@@ -30,7 +30,7 @@ from ..routing.circuit import CircuitBreaker
 from ..routing.router import Router, Target
 from ..tokens import TokenCounter
 from ..types import ChatChunk, ChatRequest, Completion, Principal, Usage
-from .attempts import AttemptLoop, attempt_record
+from .attempts import AttemptLoop, attempt_record, skipped
 from .stream import OpenStream, close_upstream, shielded
 
 
@@ -197,6 +197,9 @@ class ChatService:
         prefill = dataclasses.replace(ctx.request, messages=messages, include_usage=False)
         for target in self._router.targets(model):
             if target.key == stream.target.key or not target.accepts_prefill:
+                continue
+            if not may_use(ctx.principal, target.model.id):
+                ctx.attempt_log.append(skipped(target, "model_access_denied"))
                 continue
             if not self.breaker.allow(target.key):
                 continue

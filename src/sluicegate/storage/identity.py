@@ -19,6 +19,10 @@ class NameTaken(Exception):
     """A unique name or prefix is already taken."""
 
 
+class GroupInUse(Exception):
+    """A group still has keys that are not revoked."""
+
+
 @dataclass(frozen=True, slots=True)
 class GroupRow:
     id: str
@@ -146,14 +150,19 @@ class IdentityStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(groups).where(groups.c.id == group_id).values(dlp=dlp, updated_at=time.time()))
 
-    async def delete_group(self, group_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(groups.delete().where(groups.c.id == group_id))
-
-    async def count_keys(self, group_id: str) -> int:
-        async with self._engine.connect() as conn:
-            stmt = select(func.count()).select_from(api_keys).where(api_keys.c.group_id == group_id)
-            return int((await conn.execute(stmt)).scalar_one())
+    async def delete_group(self, group_id: str) -> int:
+        """Delete a group and its revoked keys (returns how many); ``Conflict`` while any key is not revoked."""
+        in_group = api_keys.c.group_id == group_id
+        try:
+            async with self._engine.begin() as conn:
+                live = select(func.count()).select_from(api_keys).where(in_group, api_keys.c.revoked.is_(False))
+                if (await conn.execute(live)).scalar_one():
+                    raise GroupInUse("the group still has keys that are not revoked")
+                removed = await conn.execute(api_keys.delete().where(in_group, api_keys.c.revoked.is_(True)))
+                await conn.execute(groups.delete().where(groups.c.id == group_id))
+        except IntegrityError as exc:  # a key was created in the group meanwhile
+            raise GroupInUse("the group still has keys that are not revoked") from exc
+        return int(removed.rowcount)
 
     # keys
 

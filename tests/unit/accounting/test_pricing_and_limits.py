@@ -19,8 +19,7 @@ from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, perio
 from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
 from sluicegate.pricing import ceil_micro, cost_micro
 from sluicegate.types import Usage
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.support.services import redis_url
 
 
 @pytest.mark.parametrize(
@@ -100,7 +99,7 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[LocalLimiter 
     if request.param == "local":
         yield LocalLimiter()
         return
-    client = aioredis.from_url(REDIS_URL)
+    client = aioredis.from_url(redis_url())
     try:
         yield RedisLimiter(client, prefix=f"test:{uuid.uuid4().hex}:")
     finally:
@@ -193,7 +192,7 @@ async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[LocalLedger | 
     if request.param == "local":
         yield LocalLedger(load)
         return
-    client = aioredis.from_url(REDIS_URL)
+    client = aioredis.from_url(redis_url())
     try:
         yield RedisLedger(client, load, prefix=f"test:{uuid.uuid4().hex}:")
     finally:

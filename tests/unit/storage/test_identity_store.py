@@ -119,6 +119,21 @@ async def test_admin_validation_and_conflicts(store: IdentityStore) -> None:
     assert [g["name"] for g in await admin.list_groups()] == ["eng"]
 
 
+async def test_a_group_whose_keys_are_all_revoked_can_be_deleted(store: IdentityStore) -> None:
+    admin, _ = make(store)
+    await admin.create_group("old", ["demo"])
+    await admin.create_key("old-a", "old")
+    await admin.create_key("old-b", "old")
+    await admin.revoke_key("old-a")
+    with pytest.raises(Conflict, match="not revoked"):
+        await admin.delete_group("old")  # old-b still works
+    await admin.revoke_key("old-b")
+    await admin.delete_group("old")  # the revoked keys go with it
+    assert [k["name"] for k in await admin.list_keys()] == []
+    await admin.create_group("old", [])  # the name is free again
+    await admin.create_key("old-a", "old")
+
+
 async def test_unknown_and_malformed_keys_are_refused_alike(store: IdentityStore) -> None:
     admin, auth = make(store)
     await admin.create_group("eng", ["*"])

@@ -55,6 +55,7 @@ class RequestRecord:
     metadata: dict[str, str] | None = None  # the client's ``metadata`` (kept for the audit log, never forwarded)
     # Epoch start and end of the commit that made this record durable (set by the recorder).
     stored: tuple[float, float] | None = None
+    api: str = "chat"  # the inbound API: chat | messages | responses | embeddings
 
     @property
     def estimated(self) -> bool:

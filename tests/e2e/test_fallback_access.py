@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sluicegate.storage.usage import UsageStore
 
 from sluicegate.storage.db import create_engine
+from sluicegate.storage.usage import UsageStore
 from tests.e2e.resilience_support import TIMEOUTS, chats
 from tests.fakes.openai_upstream import NORMAL_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess

@@ -117,6 +117,7 @@ def test_metrics_after_scripted_traffic(traffic: dict[str, Any]) -> None:
 
     def requests(status: str, outcome: str, code: str = "", model: str = MODEL, deployment: str = "") -> float:
         labels = {"model": model, "deployment": deployment, "status": status, "outcome": outcome, "error_code": code}
+        labels["api"] = "chat"
         return delta(before, after, "sluicegate_requests_total", **labels)
 
     assert requests("200", "completed", deployment=DEPLOYMENT) == 5  # ok1, ok2, stream, retry, limited1
@@ -293,6 +294,7 @@ def test_two_workers_metrics_sum_over_both(upstream: FakeOpenAI, tmp_path: Path)
                 pids = {e["pid"] for e in json_lines(gw) if e["logger"] == "sluicegate.request"}
         assert len(pids) == 2, "one worker took every connection"
         labels = {"model": MODEL, "deployment": DEPLOYMENT, "status": "200", "outcome": "completed", "error_code": ""}
+        labels["api"] = "chat"
         for _ in range(8):  # whichever worker answers the scrape, it reports both workers' counts
             _, samples = scrape(gw)
             assert sample(samples, "sluicegate_requests_total", **labels) == sent

@@ -85,7 +85,7 @@ def test_completed_request_counts_latency_overhead_tokens_and_credits() -> None:
     m = Metrics(CONFIG)
     m.observe(record())
     assert value(m, "sluicegate_requests_total", model="gpt-x", deployment="a", status="200", outcome="completed",
-                 error_code="") == 1  # fmt: skip
+                 error_code="", api="chat") == 1  # fmt: skip
     assert value(m, "sluicegate_request_duration_seconds_count", model="gpt-x", deployment="a", stream="false") == 1
     assert value(m, "sluicegate_request_duration_seconds_sum", model="gpt-x", deployment="a", stream="false") == 0.25
     # Non-stream: no TTFT; overhead = 250 ms - 200 ms in attempts.
@@ -105,7 +105,7 @@ def test_stream_ttft_and_overhead_to_first_token() -> None:
     assert value(m, "sluicegate_gateway_overhead_seconds_sum", model="gpt-x", stream="true") == pytest.approx(0.03)
     assert value(m, "sluicegate_request_duration_seconds_count", model="gpt-x", deployment="a", stream="true") == 1
     assert value(m, "sluicegate_requests_total", model="gpt-x", deployment="a", status="200", outcome="interrupted",
-                 error_code="stream_error") == 1  # fmt: skip
+                 error_code="stream_error", api="chat") == 1  # fmt: skip
 
 
 def test_retries_fallbacks_and_skipped_circuits() -> None:
@@ -147,7 +147,7 @@ def test_policy_rejections_by_reason(code: str, status: int, reason: str) -> Non
     m.observe(rejected)
     assert value(m, "sluicegate_rejections_total", reason=reason, model="gpt-x", group="eng") == 1
     assert value(m, "sluicegate_requests_total", model="gpt-x", deployment="", status=str(status), outcome="rejected",
-                 error_code=code) == 1  # fmt: skip
+                 error_code=code, api="chat") == 1  # fmt: skip
     # An upstream's own 429 is a failure passed on, not a gateway rejection.
     m.observe(record(status=429, outcome="failed", error_code="rate_limit_exceeded", usage=None))
     assert value(m, "sluicegate_rejections_total", reason="rate_limit", model="gpt-x", group="eng") == (
@@ -160,7 +160,7 @@ def test_labels_stay_bounded() -> None:
     m.observe(record(requested_model="made-up-model", model=None, deployment=None, status=404, outcome="rejected",
                      error_code="model_not_found", usage=None, attempts=[]))  # fmt: skip
     assert value(m, "sluicegate_requests_total", model=OTHER, deployment="", status="404", outcome="rejected",
-                 error_code="model_not_found") == 1  # fmt: skip
+                 error_code="model_not_found", api="chat") == 1  # fmt: skip
     for i in range(100):  # a misbehaving upstream inventing codes
         m.observe(record(status=400, outcome="failed", error_code=f"weird_{i}", usage=None))
     codes = {s.labels["error_code"] for s in m.requests.collect()[0].samples if s.name.endswith("_total")}

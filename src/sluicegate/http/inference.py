@@ -54,7 +54,7 @@ async def handle(gw: Services, request: Request, fmt: WireFormat) -> None:
         # Shed before the body is read: an overload must not cost the gateway a 50 MiB read per refusal.
         gw.shedder.admit(principal.key_id)
     except GatewayError as exc:
-        _refused(gw, request_id, principal, None, exc, arrived)
+        _refused(gw, request_id, principal, None, exc, arrived, fmt.api)
         await send_error(request.send, exc, {"x-request-id": request_id}, fmt.error_body)
         return
     try:
@@ -70,9 +70,10 @@ def _refused(
     chat: ChatRequest | None,
     exc: GatewayError,
     arrived: float,
+    api: str,
 ) -> None:
     if gw.observability is not None:  # refused before any policy: no record from the service
-        gw.observability.refused_at_edge(request_id, principal, chat, exc, arrived)
+        gw.observability.refused_at_edge(request_id, principal, chat, exc, arrived, api)
 
 
 async def _admitted(
@@ -86,7 +87,7 @@ async def _admitted(
     except ClientGone:
         return
     except GatewayError as exc:
-        _refused(gw, request_id, principal, chat, exc, arrived)
+        _refused(gw, request_id, principal, chat, exc, arrived, fmt.api)
         await send_error(request.send, exc, {"x-request-id": request_id}, fmt.error_body)
         return
 

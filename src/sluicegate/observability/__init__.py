@@ -83,6 +83,7 @@ class Observability:
         chat: ChatRequest | None,
         exc: GatewayError,
         started_at: float,
+        api: str = "chat",
     ) -> None:
         """A request refused before the policy chain (bad key, body or model): still counted and logged."""
         if not self.sinks:
@@ -101,6 +102,7 @@ class Observability:
             outcome="rejected",
             error_code=exc.code,
             latency_ms=(time.time() - started_at) * 1000,
+            api=api,
         )
         self._fan_out.observe(record)
 

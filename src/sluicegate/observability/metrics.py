@@ -93,8 +93,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "sluicegate_requests",
-            "Chat requests by the model and deployment that answered, the HTTP status, outcome and error code.",
-            ["model", "deployment", "status", "outcome", "error_code"],
+            "Requests by the model and deployment that answered, the HTTP status, outcome and error code, and the "
+            "inbound API (chat, messages, responses, embeddings).",
+            ["model", "deployment", "status", "outcome", "error_code", "api"],
             registry=r,
         )
         self.duration = Histogram(
@@ -205,7 +206,8 @@ class Metrics:
         model = self.model_label(record.model or record.requested_model)
         deployment = record.deployment or ""
         outcome = record.outcome
-        child(self.requests, model, deployment, str(record.status), outcome, self.code_label(record.error_code)).inc()
+        code = self.code_label(record.error_code)
+        child(self.requests, model, deployment, str(record.status), outcome, code, record.api).inc()
         stream = "true" if record.stream else "false"
         if outcome in _ANSWERED:
             child(self.duration, model, deployment, stream).observe(record.latency_ms / 1000)

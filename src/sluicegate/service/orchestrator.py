@@ -106,6 +106,7 @@ class ChatService:
             ttft_ms=(ctx.first_token_at - ctx.started_perf) * 1000 if ctx.first_token_at is not None else None,
             attempts=ctx.attempt_log,
             metadata=ctx.request.metadata,
+            api=ctx.api,
         )
         if usage is not None and served is not None:
             rec.cost_micro = cost_micro(usage, served.model.price)

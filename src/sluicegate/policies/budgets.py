@@ -7,8 +7,10 @@ It is admitted only if ``spent + reserved + estimate <= budget``, so concurrent 
 overshoot by more than what the estimates failed to cover. After the call the reservation is replaced
 by the real cost, taken from the same record the ledger stores, whatever the outcome (the after-hook runs
 on every exit path). A reservation also expires on its own, a margin after the longest the request could
-run, so a process that dies before settling cannot lock a budget. Spend is initialised from the store
-(rollups + raw usage of the period), so a restart or a flushed Redis loses nothing.
+run, so a process that dies before settling cannot lock a budget. On the way back the answer is cut at the
+completion tokens the reservation covers (``output_cap``), so an upstream that ignores ``max_tokens`` cannot
+spend more than was reserved. Spend is initialised from the store (rollups + raw usage of the period), so a
+restart or a flushed Redis loses nothing.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import BudgetExceeded, GatewayError, StoreUnavailable
 from ..metering.pricing import ceil_micro
 from ..metering.tokens import TokenCounter
-from ..types import Limits, Principal
-from .base import Policy
+from ..types import Completion, Limits, Principal
+from .base import Policy, StreamFilter
+from .output_cap import OutputCap, cap_completion
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -78,7 +81,7 @@ class Hold:
     accounts: list[Account]
     amount: int
     ttl: float
-    completion_tokens: int = 0  # completion tokens per choice the amount covers
+    completion_tokens: int = 0  # completion tokens per choice the amount covers: the answer is cut there
     id: str = field(default_factory=lambda: secrets.token_hex(12))
 
 
@@ -339,6 +342,18 @@ class BudgetPolicy(Policy):
             return
         ctx.budget_hold = None
         await self._ledger.settle(hold, record.cost_micro)
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        hold = ctx.budget_hold
+        if hold is None:
+            return None
+        return OutputCap(hold.completion_tokens, ctx.request.n, ctx.prompt_estimate or 0, self._tokens)
+
+    def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
+        hold = ctx.budget_hold
+        if hold is None:
+            return completion
+        return cap_completion(completion, hold.completion_tokens, ctx.prompt_estimate or 0, self._tokens)
 
 
 def _account(scope: str, ident: str, limits: Limits, now: float) -> Account:

@@ -285,6 +285,7 @@ class BudgetPolicy(Policy):
         self._tokens = tokens
         self._clock = clock
         self._hold_ttl = hold_ttl
+        self._ttls: dict[str, float] = {}  # per model id: the configuration is fixed for the process's life
         # Per principal (the authenticator's cached object): its accounts and when their period ends.
         self._cache: dict[int, tuple[Principal, list[Account], float]] = {}
 
@@ -317,7 +318,10 @@ class BudgetPolicy(Policy):
         estimate = ceil_micro(ctx.prompt_estimate, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output
         )
-        hold = Hold(accounts, estimate, self._hold_ttl(model), max_out)
+        ttl = self._ttls.get(model.id)
+        if ttl is None:
+            ttl = self._ttls[model.id] = self._hold_ttl(model)
+        hold = Hold(accounts, estimate, ttl, max_out)
         # Held before the ledger answers: if that answer never comes (cancelled, store error), the after-hook
         # still lets go of whatever the ledger took, by id.
         ctx.budget_hold = hold

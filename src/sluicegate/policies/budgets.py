@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import heapq
+import itertools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -103,8 +104,9 @@ class LocalLedger:
         self._load = load_spent
         self._clock = clock
         self._books: dict[str, list[int]] = {}  # key -> [spent, reserved]
-        self._holds: dict[str, Hold] = {}
-        self._expiries: list[tuple[float, str]] = []  # heap of (expiry, hold id)
+        # Live holds per lifetime: one lifetime per model, so each of these is in expiry order and the
+        # next to expire is first. A settled hold leaves at once: memory follows the requests in flight.
+        self._holds: dict[float, OrderedDict[str, tuple[float, Hold]]] = {}
 
     async def reserve(self, hold: Hold) -> Account | None:
         books = []
@@ -123,12 +125,15 @@ class LocalLedger:
                 return account
         for book in books:
             book[1] += amount
-        self._holds[hold.id] = hold
-        heapq.heappush(self._expiries, (now + hold.ttl, hold.id))
+        live = self._holds.get(hold.ttl)
+        if live is None:
+            live = self._holds[hold.ttl] = OrderedDict()
+        live[hold.id] = (now + hold.ttl, hold)
         return None
 
     async def settle(self, hold: Hold, actual: int) -> None:
-        held = self._holds.pop(hold.id, None) is not None
+        live = self._holds.get(hold.ttl)
+        held = live is not None and live.pop(hold.id, None) is not None
         for account in hold.accounts:
             book = self._books.get(account.key)
             if book is not None:
@@ -137,17 +142,18 @@ class LocalLedger:
                     book[1] -= hold.amount
 
     def _expire(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, hold_id = heapq.heappop(expiries)
-            hold = self._holds.pop(hold_id, None)
-            if hold is None:
-                continue  # settled in time
-            log.error("budget reservation %s expired unsettled; releasing %d micro-credits", hold_id, hold.amount)
-            for account in hold.accounts:
-                book = self._books.get(account.key)
-                if book is not None:
-                    book[1] -= hold.amount
+        for live in self._holds.values():
+            while live:
+                hold_id = next(iter(live))
+                expiry, hold = live[hold_id]
+                if expiry > now:
+                    break
+                del live[hold_id]
+                log.error("budget reservation %s expired unsettled; releasing %d micro-credits", hold_id, hold.amount)
+                for account in hold.accounts:
+                    book = self._books.get(account.key)
+                    if book is not None:
+                        book[1] -= hold.amount
 
 
 # Per account, KEYS holds a pair: the books (hash: spent, reserved) and the holds behind ``reserved`` (sorted
@@ -286,6 +292,9 @@ class BudgetPolicy(Policy):
         self._clock = clock
         self._hold_ttl = hold_ttl
         self._ttls: dict[str, float] = {}  # per model id: the configuration is fixed for the process's life
+        # Hold ids: unique across processes sharing a ledger, without a random draw per request.
+        self._id_prefix = secrets.token_hex(8) + "-"
+        self._ids = itertools.count()
         # Per principal (the authenticator's cached object): its accounts and when their period ends.
         self._cache: dict[int, tuple[Principal, list[Account], float]] = {}
 
@@ -321,7 +330,7 @@ class BudgetPolicy(Policy):
         ttl = self._ttls.get(model.id)
         if ttl is None:
             ttl = self._ttls[model.id] = self._hold_ttl(model)
-        hold = Hold(accounts, estimate, ttl, max_out)
+        hold = Hold(accounts, estimate, ttl, max_out, f"{self._id_prefix}{next(self._ids)}")
         # Held before the ledger answers: if that answer never comes (cancelled, store error), the after-hook
         # still lets go of whatever the ledger took, by id.
         ctx.budget_hold = hold

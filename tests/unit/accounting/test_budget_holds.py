@@ -252,3 +252,22 @@ async def test_budget_refusal_is_a_gateway_error_and_holds_nothing() -> None:
         await service(Upstream(), ledger).complete(ctx)
     assert isinstance(info.value, GatewayError) and ctx.budget_hold is None
     await assert_released(ledger)
+
+
+async def test_the_local_ledger_forgets_a_settled_hold_at_once() -> None:
+    # Memory follows the requests in flight, not the request rate times the holds' lifetime.
+    ledger = LocalLedger(nothing_spent)
+    a = account(10**9)
+    for _ in range(1_000):
+        hold = Hold([a], 10, 600)
+        assert await ledger.reserve(hold) is None
+        await ledger.settle(hold, 5)
+    assert sum(len(live) for live in ledger._holds.values()) == 0
+
+
+async def test_a_request_without_a_reservation_gets_no_output_cap() -> None:
+    policy = BudgetPolicy(LocalLedger(nothing_spent), TokenCounter(), time.time)
+    ctx = context(stream=True)
+    assert ctx.budget_hold is None and policy.stream_filter(ctx) is None
+    plain = Completion([{"index": 0, "message": {"role": "assistant", "content": "x" * 10_000}}], None)
+    assert policy.filter_completion(ctx, plain) is plain

@@ -19,7 +19,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig, ModelConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
 from .http.errors import internal_error
@@ -185,8 +185,11 @@ class Gateway:
             *([MeteringSink(self.recorder, audit_prompts=prompts)] if metering.enabled else []),
             RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
             DlpPolicy(self.dlp),
-            BudgetPolicy(ledger, self.tokens, time.time),
+            BudgetPolicy(ledger, self.tokens, time.time, self._budget_hold_ttl),
         ]
+
+    def _budget_hold_ttl(self, model: ModelConfig) -> float:
+        return self.config.request_deadline(model) + self.config.limits.budget_hold_grace
 
     async def _rollups(self) -> None:
         """Roll complete days into daily totals and prune raw rows past retention (idempotent on every replica)."""

@@ -19,6 +19,11 @@ _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 _GOVERNANCE_FIELDS = ("metadata",)
 _METADATA_PAIRS, _METADATA_KEY_CHARS, _METADATA_VALUE_CHARS = 16, 64, 512
 _RESERVED_PREFIX = "sluicegate"
+# Containers (objects and arrays) nested deeper than this are refused. OpenAI bodies need a fraction of it (a
+# tool's JSON schema ten levels deep is about 30); the gateway's own encoder (orjson) cannot write a body
+# nested 255 levels, and translating to another provider wraps a few more, so anything near that must be
+# refused here, before a budget is reserved, rather than fail on the way out.
+MAX_DEPTH = 64
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -28,6 +33,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise InvalidRequest(f"the request body is not valid JSON: {exc.args[0]}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    too_deep = nesting_over(body, MAX_DEPTH)
+    if too_deep is not None:
+        raise InvalidRequest(
+            f"the request body is nested more than {MAX_DEPTH} levels deep (in '{too_deep}'); {MAX_DEPTH} is the limit",
+            param=too_deep,
+        )
 
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -86,6 +97,26 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         user=user,
         metadata=metadata,
     )
+
+
+def nesting_over(value: dict[str, Any], limit: int) -> str | None:
+    """The top-level field of ``value`` in which objects and arrays nest more than ``limit`` levels (``value``
+    itself is level 1), or None. Iterative, so no depth can exhaust the stack, and it visits containers only:
+    strings and numbers cost one type check each."""
+    for key, child in value.items():
+        kind = type(child)
+        if kind is not dict and kind is not list:
+            continue
+        stack: list[tuple[Any, int]] = [(child, 2)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > limit:
+                return key
+            for item in node.values() if type(node) is dict else node:
+                kind = type(item)
+                if kind is dict or kind is list:
+                    stack.append((item, depth + 1))
+    return None
 
 
 def _check_metadata(metadata: Any) -> dict[str, str] | None:

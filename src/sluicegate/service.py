@@ -6,7 +6,9 @@ next deployment or fallback model, or reported as an HTTP error. After it, failu
 ``stream_error`` frame, never a restart. Timeouts are enforced around the adapter's reads and never
 around writes to the client, so a slow reader is not mistaken for a silent upstream. Every request ends
 with a ``RequestRecord`` handed to the policies' after-hooks (metering, budgets, audit, metrics), and
-they complete before the last byte of the response, so a finished answer always has its record.
+they complete before the last byte of the response, so a finished answer always has its record. They run
+on every exit path once the before-hooks began, including cancellation and unexpected exceptions (a gateway
+bug must not leave a budget reservation behind); a stream the edge never relays is closed with ``close``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import random
 import secrets
 import time
@@ -44,6 +47,7 @@ from .routing import Router, Target
 from .types import ChatChunk, ChatRequest, Principal, Usage
 
 T = TypeVar("T")
+log = logging.getLogger("sluicegate.service")
 
 
 @dataclass(slots=True)
@@ -63,7 +67,7 @@ class RequestContext:
     started_perf: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     prompt_estimate: int | None = None  # prompt tokens, counted once by whichever policy needs them first
-    budget_hold: tuple[list[Any], int] | None = None  # (budget accounts, micro-credits reserved)
+    budget_hold: Any = None  # the budget reservation (policies.budgets.Hold) until it is settled
     dlp_events: list[Any] = field(default_factory=list)  # what DLP found and did (types and counts, never text)
     attempt_log: list[Attempt] = field(default_factory=list)
     policies_run: list[Policy] = field(default_factory=list)
@@ -159,12 +163,21 @@ class ChatService:
         await self.chain.after(ctx, record)
 
     async def before(self, ctx: RequestContext) -> None:
-        """Run the before-hooks; a refusal still runs the after-hooks of the policies that ran."""
+        """Run the before-hooks; a refusal (or any failure) still runs the after-hooks of the policies that ran."""
         try:
             await self.chain.before(ctx)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="rejected", status=exc.status, error_code=exc.code))
+        except BaseException as exc:
+            await self._failed(ctx, exc, "rejected")
             raise
+
+    async def _failed(self, ctx: RequestContext, exc: BaseException, outcome: str = "failed") -> None:
+        """Record a request that ends with ``exc``; the after-hooks let go of what the before-hooks took."""
+        if isinstance(exc, GatewayError):
+            await self.finish(ctx, self.record(ctx, outcome=outcome, status=exc.status, error_code=exc.code))
+        elif isinstance(exc, asyncio.CancelledError):
+            await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+        else:  # a gateway bug; the edge answers 500 internal_error
+            await self.finish(ctx, self.record(ctx, outcome="failed", status=500, error_code="internal_error"))
 
     # -- attempts ----------------------------------------------------------------------------------
 
@@ -243,29 +256,26 @@ class ChatService:
     async def complete(self, ctx: RequestContext) -> dict[str, Any]:
         model = ctx.model or self.resolve(ctx)
         await self.before(ctx)
+
+        async def call(target: Target) -> Any:
+            try:
+                async with asyncio.timeout(target.deployment.timeouts.total):
+                    return await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
+            except TimeoutError:
+                raise UpstreamTimeout("the upstream did not answer in time") from None
+
         try:
-
-            async def call(target: Target) -> Any:
-                try:
-                    async with asyncio.timeout(target.deployment.timeouts.total):
-                        return await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
-                except TimeoutError:
-                    raise UpstreamTimeout("the upstream did not answer in time") from None
-
             completion = await self._attempts(ctx, model, call)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
+            target = ctx.served_by
+            assert target is not None
+            ctx.first_token_at = time.perf_counter()
+            completion = self.chain.filter_completion(ctx, completion)
+            usage = completion.usage
+            if usage is None:
+                usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
+        except BaseException as exc:
+            await self._failed(ctx, exc)
             raise
-        except asyncio.CancelledError:
-            await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
-            raise
-        target = ctx.served_by
-        assert target is not None
-        ctx.first_token_at = time.perf_counter()
-        completion = self.chain.filter_completion(ctx, completion)
-        usage = completion.usage
-        if usage is None:
-            usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
         await self.finish(ctx, self.record(ctx, outcome="completed", status=200, usage=usage))
         return {
             "id": new_completion_id(),
@@ -284,7 +294,11 @@ class ChatService:
         model = ctx.model or self.resolve(ctx)
         await self.before(ctx)
         completion_id = new_completion_id()
-        filters = self.chain.stream_filters(ctx)
+        try:
+            filters = self.chain.stream_filters(ctx)
+        except BaseException as exc:
+            await self._failed(ctx, exc)
+            raise
 
         async def call(target: Target) -> OpenStream:
             encoder = StreamEncoder(completion_id, ctx.created, target.model.id, ctx.request.include_usage)
@@ -301,11 +315,8 @@ class ChatService:
 
         try:
             stream = await self._attempts(ctx, model, call)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
-            raise
-        except asyncio.CancelledError:
-            await _shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+        except BaseException as exc:
+            await self._failed(ctx, exc)
             raise
         ctx.first_token_at = time.perf_counter()
         return stream
@@ -474,10 +485,28 @@ class OpenStream:
             usage = encoder.usage
             assert usage is not None
             yield tail + (encoder.usage_frame(usage) + DONE if encoder.include_usage else DONE)
+        except Exception:
+            if not self._recorded:  # a gateway bug mid-stream; the edge ends the stream with stream_error
+                self.outcome = "interrupted"
+                await _shielded(self._finish(partial=True, error_code="internal_error"))
+            raise
         finally:
             if not self._recorded:  # the client went away (or the task was cancelled) mid-stream
                 self.outcome = "cancelled"
                 await _shielded(self._finish(partial=True, error_code="client_disconnected"))
+
+    async def close(self) -> None:
+        """Settle a stream whose relay will not run to its end (the client left, or the edge failed, before
+        ``rest`` began): close the upstream and record it, so what it holds (a budget reservation) is let go.
+        A no-op once the stream is recorded."""
+        if self._recorded:
+            return
+        self.outcome = "cancelled"
+        try:
+            with contextlib.suppress(Exception):
+                await _close(self._upstream)
+        finally:
+            await _shielded(self._finish(partial=True, error_code="client_disconnected"))
 
     @property
     def target(self) -> Target:
@@ -499,7 +528,11 @@ class OpenStream:
         usage = encoder.usage
         if usage is None or partial or self.resumed:
             # A resumed answer came from two upstreams; neither usage report covers the whole of it.
-            estimated = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
+            try:
+                estimated = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
+            except Exception:  # the record (and the after-hooks it feeds) must still happen
+                log.exception("could not count the usage of request %s", self.ctx.request_id)
+                estimated = Usage(estimated=True)
             if usage is None or usage.completion_tokens == 0:
                 usage = estimated
             encoder.usage = usage

@@ -138,6 +138,8 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
                 opening.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await opening
+                if opening.done() and not opening.cancelled() and opening.exception() is None:
+                    await opening.result().close()  # it opened as the client left: settle it unrelayed
                 raise
             stream = opening.result()
     except GatewayError as exc:
@@ -153,9 +155,13 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         else:
             await send_error(send, internal_error(), ctx.response_headers())
         return
-    if not committed:
-        await start_response()
-    await send({"type": "http.response.body", "body": stream.first, "more_body": True})
+    try:
+        if not committed:
+            await start_response()
+        await send({"type": "http.response.body", "body": stream.first, "more_body": True})
+    except BaseException:
+        await stream.close()  # the relay never began: record the request and let go of what it holds
+        raise
     gw.streams.add(stream)
     if gw.drain_expired:
         stream.abort("gateway shutting down")
@@ -174,6 +180,7 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         if metrics is not None:
             metrics.stream_closed()
         await rest.aclose()
+        await stream.close()  # a no-op once rest() recorded it
     await send({"type": "http.response.body", "body": b""})
 
 

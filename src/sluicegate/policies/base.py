@@ -10,6 +10,7 @@ refuses the request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -68,14 +69,21 @@ class PolicyChain:
 
     async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
         has_after = self._has_after
+        cancelled: asyncio.CancelledError | None = None
         for policy in reversed(ctx.policies_run):
             if id(policy) not in has_after:
                 continue
             try:
                 await policy.after(ctx, record)
+            except asyncio.CancelledError as exc:
+                # The client left while the books were being closed: close them all (a budget reservation
+                # left open would hold the budget), then let the cancellation through.
+                cancelled = exc
             except Exception:
                 # The answer is already decided; an after-hook failure must not hide the others.
                 log.exception("after-hook of %s failed (request %s)", policy.name, ctx.request_id)
+        if cancelled is not None:
+            raise cancelled
 
     def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
         for policy in self._policies:

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig, ModelConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .hooks import Policy, PolicyChain, Sink
 from .http.asgi import Receive, Request, Scope, Send, send_error
@@ -125,8 +125,11 @@ class Gateway:
         return [
             RateLimitPolicy(limiter, self.tokens, fail_open=fail_open),
             DlpPolicy(self.dlp),
-            BudgetPolicy(ledger, self.tokens, time.time),
+            BudgetPolicy(ledger, self.tokens, time.time, self._budget_hold_ttl),
         ]
+
+    def _budget_hold_ttl(self, model: ModelConfig) -> float:
+        return self.config.request_deadline(model) + self.config.limits.budget_hold_grace
 
     def sinks(self) -> list[Sink]:
         """What reads each finished record, in order: the usage record first (durable before the last byte),

@@ -208,6 +208,10 @@ class MeteringConfig(_Strict):
 class LimitsConfig(_Strict):
     # When Redis (shared limits) is unreachable: refuse (closed, the default) or admit without limits (open).
     on_redis_error: Literal["closed", "open"] = "closed"
+    # A budget reservation expires on its own this many seconds after the longest its request can run (the
+    # retry window plus the longest total timeout of a deployment that may answer), in case no process is
+    # left to settle it (one killed mid-request).
+    budget_hold_grace: float = Field(default=60.0, gt=0)
 
 
 class GatewayConfig(_Strict):
@@ -246,6 +250,13 @@ class GatewayConfig(_Strict):
             if m.id == model_id:
                 return m
         return None
+
+    def request_deadline(self, model: ModelConfig) -> float:
+        """Seconds a request for ``model`` can run at most: the retry window plus the longest total timeout of a
+        deployment that may answer it (its own, its fallbacks', its larger-context fallback's)."""
+        ids = [model.id, *model.fallbacks, *([model.context_window_fallback] if model.context_window_fallback else [])]
+        totals = [d.timeouts.total for m in map(self.model, ids) if m is not None for d in m.deployments]
+        return self.routing.retry.max_retry_time + max(totals)
 
 
 DEMO_CONFIG: dict[str, Any] = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,11 +33,35 @@ log = logging.getLogger("sluicegate.hooks")
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
-    """Credits held on budget accounts (the ledger's keys for them) until the request settles."""
+class BudgetAccount:
+    """One set of books a request is charged to: a key's or a group's budget for one period."""
 
-    accounts: tuple[str, ...]
-    amount: int  # micro-credits
+    scope: str  # key | group
+    ident: str
+    period_id: str
+    start: float
+    end: float
+    limit: int  # micro-credits
+    key: str = field(init=False)  # "budget:<scope>:<ident>:<period>", the ledger's name for these books
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"budget:{self.scope}:{self.ident}:{self.period_id}")
+
+
+@dataclass(slots=True)
+class BudgetHold:
+    """One request's reservation: ``amount`` micro-credits on every one of ``accounts``.
+
+    It has an id so that settling it is idempotent (a hold the ledger never took, or already let go, is not
+    subtracted again), and a lifetime of its own: after ``ttl`` seconds the ledger lets it go even if nobody
+    settles it, so a process killed between reserve and settle cannot leak it.
+    """
+
+    accounts: list[BudgetAccount]
+    amount: int
+    ttl: float
+    completion_tokens: int = 0  # completion tokens per choice the amount covers: the answer is cut there
+    id: str = field(default_factory=lambda: secrets.token_hex(12))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +103,7 @@ class RequestContext:
     first_token_at: float | None = None
     prompt_tokens: int | None = None  # counted once, by whichever policy needs them first
     default_max_tokens: int = 4096  # output tokens to plan for when the client sets no max_tokens
-    reservation: Reservation | None = None
+    reservation: BudgetHold | None = None  # the budget reservation until it is settled
     dlp_events: list[DlpEvent] = field(default_factory=list)
     attempt_log: list[Attempt] = field(default_factory=list)
     policies_run: list[Policy] = field(default_factory=list)
@@ -148,19 +173,28 @@ class PolicyChain:
 
     async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
         has_after = self._has_after
+        cancelled: asyncio.CancelledError | None = None
         for policy in reversed(ctx.policies_run):
             if id(policy) not in has_after:
                 continue
             try:
                 await policy.after(ctx, record)
+            except asyncio.CancelledError as exc:
+                # The client left while the books were being closed: close them all (a budget reservation
+                # left open would hold the budget), then let the cancellation through.
+                cancelled = exc
             except Exception:
                 # The answer is already decided; an after-hook failure must not hide the others.
                 log.exception("after-hook of %s failed (request %s)", policy.name, ctx.request_id)
         for sink in self._sinks:
             try:
                 await sink.finished(ctx, record)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
             except Exception:
                 log.exception("sink %s failed (request %s)", sink.name, ctx.request_id)
+        if cancelled is not None:
+            raise cancelled
 
     def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
         for policy in self._policies:

@@ -88,6 +88,8 @@ Scenarios (stream behaviour; non-stream behaviour in brackets when it differs fr
 - ``status_noenvelope:CODE``: HTTP CODE with an HTML body.
 - ``fail_times:N``: the first N requests carrying this exact scenario string get 500 with an envelope, later ones
   the normal answer (counter per scenario string, cleared by ``reset()``).
+- ``nested_delta:N``: the normal answer whose first chunk's delta (the message) carries an extra field ``x_nested``,
+  N arrays nested in each other (valid JSON that orjson cannot write back when N > 254).
 - ``reject_prefill``: 400 ``invalid_request_error`` when the last message is from the assistant (a provider that
   does not support prefill), otherwise normal.
 
@@ -948,6 +950,22 @@ async def _fail_times(ex: _Exchange) -> None:
         await _send_status(ex, 500)
     else:
         await _normal(ex)
+
+
+@_scenario("nested_delta")
+async def _nested_delta(ex: _Exchange) -> None:
+    # Written by hand: orjson itself refuses to write JSON nested more than 254 levels, a client's parser does not.
+    depth = ex.int_arg(1)
+    nested = b"[" * depth + b"]" * depth
+    if not ex.stream:
+        body = ex.text_completion(NORMAL_PIECES)
+        body["choices"][0]["message"]["x_nested"] = "@nested@"
+        await ex.send_body(200, orjson.dumps(body).replace(b'"@nested@"', nested), "application/json")
+        return
+    chunks = ex.text_chunks(NORMAL_PIECES)
+    chunks[0]["choices"][0]["delta"]["x_nested"] = "@nested@"
+    payloads = [p.replace(b'"@nested@"', nested) for p in ex.payloads(chunks, len(NORMAL_PIECES))]
+    await _stream_then(ex, payloads, "end")
 
 
 @_scenario("reject_prefill")

@@ -9,6 +9,7 @@ import pytest
 
 from sluicegate.errors import InvalidRequest
 from sluicegate.types import ChatRequest
+from sluicegate.wire.limits import MAX_DEPTH, nesting_over
 from sluicegate.wire.openai_chat.decode import parse_chat_request
 
 USER = {"role": "user", "content": "hi"}
@@ -267,3 +268,52 @@ def test_metadata_at_openais_limits_is_kept_and_never_forwarded() -> None:
 def test_stream_options_forwarded_with_stream() -> None:
     request = parse(stream=True, stream_options={"include_usage": True, "include_obfuscation": False})
     assert request.params["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+
+
+def deep(levels: int, leaf: Any = 0) -> Any:
+    value = leaf
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("field", "levels"),
+    [("tools", 300), ("some_future_field", 1000), ("response_format", 65), ("messages", 255)],
+)
+def test_nesting_deeper_than_the_limit_is_refused_naming_the_field(field: str, levels: int) -> None:
+    body: dict[str, Any] = {"model": "m", "messages": [USER]}
+    # The field's value is level 2 (the body is level 1): `levels` more containers inside it.
+    if field == "messages":
+        body["messages"] = [{"role": "user", "content": [{"type": "text", "text": "hi", "x": deep(levels)}]}]
+    else:
+        body[field] = deep(levels)
+    err = rejected(orjson.dumps(body) if levels < 250 else _dumps_deep(body))
+    assert err.param == field and f"{MAX_DEPTH} levels" in err.message
+
+
+def _dumps_deep(value: Any) -> bytes:
+    """orjson refuses to write what is nested 255 levels or more; json does not."""
+    import json
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        return json.dumps(value).encode()
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_nesting_at_the_limit_is_accepted_and_forwarded() -> None:
+    # body (1) > some_future_field (2) > ... : MAX_DEPTH levels in all.
+    request = parse(some_future_field=deep(MAX_DEPTH - 2))
+    assert request.params["some_future_field"] == deep(MAX_DEPTH - 2)
+    orjson.dumps(request.params)  # the gateway can write it upstream
+
+
+def test_nesting_check_visits_wide_bodies_without_recursion() -> None:
+    wide = {"model": "m", "messages": [USER], "x": [[i, {"a": [i]}] for i in range(10_000)]}
+    assert parse_chat_request(orjson.dumps(wide)).params["x"][-1] == [9_999, {"a": [9_999]}]
+    assert nesting_over(wide, 4) == "x"  # body > x > [i, {...}] > {"a": ...} > [i]: 5 levels
+    assert nesting_over(wide, 5) is None

@@ -158,10 +158,23 @@ async def _stream(gw: Services, request: Request, ctx: RequestContext, fmt: Wire
         return
     served = ctx.served_by
     assert served is not None
-    encoder = fmt.stream_encoder(ctx.request, model=served.model.id, created=ctx.created)
-    if not committed:
-        await start_response()
-    await send({"type": "http.response.body", "body": encoder.encode(stream.first), "more_body": True})
+    try:
+        encoder = fmt.stream_encoder(ctx.request, model=served.model.id, created=ctx.created)
+        first = encoder.encode(stream.first)  # before the status: a failure here is still an HTTP error
+        if not committed:
+            await start_response()
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        stream.relayed = True
+    except Exception:
+        log.exception("starting the stream failed (request %s)", ctx.request_id)
+        await stream.close(internal_error=True)
+        if committed or stream.relayed:
+            raise
+        await send_error(send, internal_error(), ctx.response_headers(), fmt.error_body)
+        return
+    except BaseException:
+        await stream.close()  # the relay never began: record the request and let go of what it holds
+        raise
     await _relay(gw, send, ctx, stream, encoder)
 
 
@@ -186,6 +199,8 @@ async def _open_with_keepalive(
         opening.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await opening
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()  # it opened as the client left: settle it unrelayed
         raise
     return opening.result()
 
@@ -206,10 +221,12 @@ async def _relay(gw: Services, send: Send, ctx: RequestContext, stream: OpenStre
         await send({"type": "http.response.body", "body": tail + last, "more_body": True})
     except Exception:
         log.exception("stream failed after the first byte (request %s)", ctx.request_id)
+        await stream.close(internal_error=True)
         await send({"type": "http.response.body", "body": encoder.fail("internal error"), "more_body": True})
     finally:
         gw.streams.closed(stream)
         if metrics is not None:
             metrics.stream_closed()
         await rest.aclose()
+        await stream.close()  # a no-op once rest() recorded it
     await send({"type": "http.response.body", "body": b""})

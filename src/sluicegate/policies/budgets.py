@@ -5,25 +5,35 @@ the output price; the deployment's default when the client set none) against eve
 all-or-nothing and atomically: in-process in one event-loop step, or by one Redis script across replicas.
 It is admitted only if ``spent + reserved + estimate <= budget``, so concurrent requests can never
 overshoot by more than what the estimates failed to cover. After the call the reservation is replaced
-by the real cost, taken from the same record the ledger stores. Spend is initialised from the store
-(rollups + raw usage of the period), so a restart or a flushed Redis loses nothing.
+by the real cost, taken from the same record the ledger stores, whatever the outcome (the after-hook runs
+on every exit path). A reservation also expires on its own, a margin after the longest the request could
+run, so a process that dies before settling cannot lock a budget. On the way back the answer is cut at the
+completion tokens the reservation covers (``output_cap``), so an upstream that ignores ``max_tokens`` cannot
+spend more than was reserved. Spend is initialised from the store (rollups + raw usage of the period), so a
+restart or a flushed Redis loses nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
 import logging
+import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import BudgetExceeded, StoreUnavailable
-from ..hooks import Policy, Reservation
+from ..errors import BudgetExceeded, GatewayError, StoreUnavailable
+from ..hooks import BudgetAccount, BudgetHold, Policy, StreamFilter
 from ..pricing import ceil_micro
 from ..tokens import TokenCounter
-from ..types import Limits, Principal
+from ..types import Completion, Limits, Principal
+from .output_cap import OutputCap, cap_completion
 
 if TYPE_CHECKING:
+    from ..config import ModelConfig
     from ..hooks import RequestContext
     from ..records import RequestRecord
 
@@ -45,85 +55,172 @@ def period_bounds(period: str, now: float) -> tuple[str, float, float]:
     return "total", 0.0, float("inf")
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
-    scope: str  # key | group
-    ident: str
-    period_id: str
-    start: float
-    end: float
-    limit: int
-    key: str = field(init=False)  # "budget:<scope>:<ident>:<period>", the ledger's name for these books
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", f"budget:{self.scope}:{self.ident}:{self.period_id}")
-
-
 class Ledger(Protocol):
-    async def reserve(self, accounts: list[Account], amount: int) -> Account | None:
-        """Reserve ``amount`` on all accounts, or none; return the account that refused, if any."""
+    async def reserve(self, hold: BudgetHold) -> BudgetAccount | None:
+        """Reserve ``hold.amount`` on all its accounts, or on none; return the account that refused, if any."""
         ...
 
-    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
-        """Replace the reservation on the accounts named by ``keys`` (``Account.key``) with the real cost."""
+    async def settle(self, hold: BudgetHold, actual: int) -> None:
+        """Let the hold go (if the ledger still has it) and book ``actual`` as spent."""
         ...
 
 
 class LocalLedger:
-    def __init__(self, load_spent: SpentLoader) -> None:
-        self._load = load_spent
-        self._books: dict[str, list[int]] = {}  # key -> [spent, reserved]
+    """The books of one process. They die with it; a hold still expires, as a guard against a path that
+    never settles."""
 
-    async def reserve(self, accounts: list[Account], amount: int) -> Account | None:
+    def __init__(self, load_spent: SpentLoader, clock: Callable[[], float] = time.monotonic) -> None:
+        self._load = load_spent
+        self._clock = clock
+        self._books: dict[str, list[int]] = {}  # key -> [spent, reserved]
+        # Live holds per lifetime: one lifetime per model, so each of these is in expiry order and the
+        # next to expire is first. A settled hold leaves at once: memory follows the requests in flight.
+        self._holds: dict[float, OrderedDict[str, tuple[float, BudgetHold]]] = {}
+
+    async def reserve(self, hold: BudgetHold) -> BudgetAccount | None:
         books = []
-        for account in accounts:
+        for account in hold.accounts:
             book = self._books.get(account.key)
             if book is None:  # first use of these books in this process: spend so far comes from the store
                 spent = await self._load(account.scope, account.ident, account.start)
                 book = self._books.setdefault(account.key, [spent, 0])
             books.append(book)
         # No await from here on: check-and-reserve is atomic within the event loop.
-        for account, book in zip(accounts, books, strict=True):
+        now = self._clock()
+        self._expire(now)
+        amount = hold.amount
+        for account, book in zip(hold.accounts, books, strict=True):
             if book[0] + book[1] + amount > account.limit:
                 return account
         for book in books:
             book[1] += amount
+        live = self._holds.get(hold.ttl)
+        if live is None:
+            live = self._holds[hold.ttl] = OrderedDict()
+        live[hold.id] = (now + hold.ttl, hold)
         return None
 
-    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
-        for key in keys:
-            book = self._books.get(key)
+    async def settle(self, hold: BudgetHold, actual: int) -> None:
+        live = self._holds.get(hold.ttl)
+        held = live is not None and live.pop(hold.id, None) is not None
+        for account in hold.accounts:
+            book = self._books.get(account.key)
             if book is not None:
                 book[0] += actual
-                book[1] -= reserved
+                if held:
+                    book[1] -= hold.amount
+
+    def _expire(self, now: float) -> None:
+        for live in self._holds.values():
+            while live:
+                hold_id = next(iter(live))
+                expiry, hold = live[hold_id]
+                if expiry > now:
+                    break
+                del live[hold_id]
+                log.error("budget reservation %s expired unsettled; releasing %d micro-credits", hold_id, hold.amount)
+                for account in hold.accounts:
+                    book = self._books.get(account.key)
+                    if book is not None:
+                        book[1] -= hold.amount
 
 
-_RESERVE = """
-local amount = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  local spent = redis.call('HGET', KEYS[i], 'spent')
-  if not spent then return {-1, i} end
-  local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
-  if tonumber(spent) + reserved + amount > tonumber(ARGV[1 + i]) then return {0, i} end
+# Per account, KEYS holds a pair: the books (hash: spent, reserved) and the holds behind ``reserved`` (sorted
+# set: "<amount>:<id>" scored by expiry, Redis's clock). ``reserved`` is always the sum of the live holds:
+# expired ones are subtracted (a bounded number per call) before anything is checked, and books without any
+# hold have nothing reserved (which also heals books left by versions that had no holds).
+_PURGE = """
+local function purge(books, holds, now)
+  local reserved = tonumber(redis.call('HGET', books, 'reserved') or '0')
+  if reserved == 0 then return 0 end
+  local before = reserved
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 1000)
+  if #expired > 0 then
+    for _, member in ipairs(expired) do reserved = reserved - tonumber(string.match(member, '^%d+')) end
+    redis.call('ZREMRANGEBYRANK', holds, 0, #expired - 1)
+  end
+  if reserved < 0 or redis.call('ZCARD', holds) == 0 then reserved = 0 end
+  if reserved ~= before then redis.call('HSET', books, 'reserved', string.format('%d', reserved)) end
+  return reserved
 end
-for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', amount) end
+"""
+
+_RESERVE = (
+    _PURGE
+    + """
+local amount = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+for i = 1, #KEYS / 2 do
+  local books, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  local spent = redis.call('HGET', books, 'spent')
+  if not spent then return {-1, i} end
+  local reserved = purge(books, holds, now)
+  if tonumber(spent) + reserved + amount > tonumber(ARGV[3 + i]) then return {0, i} end
+end
+local expiry = now + tonumber(ARGV[3])
+for i = 1, #KEYS / 2 do
+  local books, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('HINCRBY', books, 'reserved', ARGV[1])
+  redis.call('ZADD', holds, expiry, ARGV[2])
+  local ttl = redis.call('PTTL', books)
+  if ttl > 0 then redis.call('PEXPIRE', holds, ttl) end
+end
 return {1, 0}
+"""
+)
+
+# ARGV: hold member, its amount, the actual cost. Only a hold still present is subtracted: one that expired was
+# subtracted by the purge already. Books that vanished (expired, flushed) are not recreated with a partial
+# spend: the next reservation loads the period's spend from the store.
+_SETTLE = """
+for i = 1, #KEYS / 2 do
+  local books, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', books) == 1 then
+    if redis.call('ZREM', holds, ARGV[1]) == 1 then
+      local reserved = tonumber(redis.call('HGET', books, 'reserved') or '0') - tonumber(ARGV[2])
+      if reserved < 0 or redis.call('ZCARD', holds) == 0 then reserved = 0 end
+      redis.call('HSET', books, 'reserved', string.format('%d', reserved))
+    end
+    redis.call('HINCRBY', books, 'spent', ARGV[3])
+  end
+end
+"""
+
+# ARGV: the spend loaded from the store, the books' TTL. Holds of books that vanished belong to nobody now.
+_OPEN = """
+if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2])
+end
 """
 
 
 class RedisLedger:
-    """The same books in Redis hashes, shared by every process and replica."""
+    """The same books in Redis, shared by every process and replica; each operation is one script."""
 
     def __init__(self, redis: Any, load_spent: SpentLoader, prefix: str = "sluicegate:") -> None:
         self._redis = redis
         self._load = load_spent
         self._prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._open = redis.register_script(_OPEN)
+        self._settling: set[asyncio.Future[Any]] = set()
 
-    async def reserve(self, accounts: list[Account], amount: int) -> Account | None:
-        keys = [self._prefix + a.key for a in accounts]
+    def _keys(self, accounts: list[BudgetAccount]) -> list[str]:
+        keys: list[str] = []
+        for a in accounts:
+            books = self._prefix + a.key
+            keys += (books, books + ":holds")
+        return keys
+
+    async def reserve(self, hold: BudgetHold) -> BudgetAccount | None:
+        accounts = hold.accounts
+        keys = self._keys(accounts)
+        args = [hold.amount, _member(hold), hold.ttl, *(a.limit for a in accounts)]
         for _ in range(3):
-            status, index = await self._reserve(keys=keys, args=[amount, *(a.limit for a in accounts)])
+            status, index = await self._reserve(keys=keys, args=args)
             if int(status) == 1:
                 return None
             account = accounts[int(index) - 1]
@@ -131,31 +228,46 @@ class RedisLedger:
                 return account
             # Not in Redis yet (first use, or Redis lost it): load the period's spend from the store.
             spent = await self._load(account.scope, account.ident, account.start)
-            key = self._prefix + account.key
-            if await self._redis.hsetnx(key, "spent", spent):
-                ttl = 86400 * 40 if account.end == float("inf") else int(account.end - account.start) + 86400
-                await self._redis.expire(key, ttl)
+            ttl = 86400 * 40 if account.end == float("inf") else int(account.end - account.start) + 86400
+            books = self._prefix + account.key
+            await self._open(keys=[books, books + ":holds"], args=[spent, ttl])
         raise StoreUnavailable("The budget ledger could not be initialised; try again shortly.")
 
-    async def settle(self, keys: tuple[str, ...], reserved: int, actual: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in keys:
-                pipe.hincrby(self._prefix + key, "reserved", -reserved)
-                pipe.hincrby(self._prefix + key, "spent", actual)
-            await pipe.execute()
+    async def settle(self, hold: BudgetHold, actual: int) -> None:
+        # Shielded: a request cancelled (client gone) while its settle is on the wire still settles.
+        args = [_member(hold), hold.amount, actual]
+        done = asyncio.ensure_future(self._settle(keys=self._keys(hold.accounts), args=args))
+        self._settling.add(done)
+        done.add_done_callback(self._settling.discard)
+        await asyncio.shield(done)
+
+
+def _member(hold: BudgetHold) -> str:
+    return f"{hold.amount}:{hold.id}"
 
 
 class BudgetPolicy(Policy):
     name = "budget"
 
-    def __init__(self, ledger: Ledger, tokens: TokenCounter, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        tokens: TokenCounter,
+        clock: Callable[[], float],
+        hold_ttl: Callable[[ModelConfig], float] = lambda model: 3600.0,
+    ) -> None:
         self._ledger = ledger
         self._tokens = tokens
         self._clock = clock
+        self._hold_ttl = hold_ttl
+        self._ttls: dict[str, float] = {}  # per model id: the configuration is fixed for the process's life
+        # BudgetHold ids: unique across processes sharing a ledger, without a random draw per request.
+        self._id_prefix = secrets.token_hex(8) + "-"
+        self._ids = itertools.count()
         # Per principal (the authenticator's cached object): its accounts and when their period ends.
-        self._cache: dict[int, tuple[Principal, list[Account], float]] = {}
+        self._cache: dict[int, tuple[Principal, list[BudgetAccount], float]] = {}
 
-    def _accounts(self, ctx: RequestContext) -> list[Account]:
+    def _accounts(self, ctx: RequestContext) -> list[BudgetAccount]:
         p = ctx.principal
         if not (p.key_limits.budget_micro is not None or p.group_limits.budget_micro is not None):
             return []
@@ -183,27 +295,52 @@ class BudgetPolicy(Policy):
         estimate = ceil_micro(ctx.prompt_tokens, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output
         )
-        refused = await self._ledger.reserve(accounts, estimate)
+        ttl = self._ttls.get(model.id)
+        if ttl is None:
+            ttl = self._ttls[model.id] = self._hold_ttl(model)
+        hold = BudgetHold(accounts, estimate, ttl, max_out, f"{self._id_prefix}{next(self._ids)}")
+        # Held before the ledger answers: if that answer never comes (cancelled, store error), the after-hook
+        # still lets go of whatever the ledger took, by id.
+        ctx.reservation = hold
+        try:
+            refused = await self._ledger.reserve(hold)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            log.error("budget ledger unavailable (%s); refusing the request", exc)
+            raise StoreUnavailable("The budget ledger is unavailable; try again shortly.") from exc
         if refused is not None:
+            ctx.reservation = None
             whose = "this key's" if refused.scope == "key" else f"group {refused.ident!r}'s"
             raise BudgetExceeded(
                 f"The request would exceed {whose} {_period_name(refused.period_id)} credit budget"
                 " (the estimate reserves the prompt plus max_tokens)."
             )
-        ctx.reservation = Reservation(tuple(a.key for a in accounts), estimate)
 
     async def after(self, ctx: RequestContext, record: RequestRecord) -> None:
         hold = ctx.reservation
         if hold is None:
             return
         ctx.reservation = None
-        await self._ledger.settle(hold.accounts, hold.amount, record.cost_micro)
+        await self._ledger.settle(hold, record.cost_micro)
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        hold = ctx.reservation
+        if hold is None:
+            return None
+        return OutputCap(hold.completion_tokens, ctx.request.n, ctx.prompt_tokens or 0, self._tokens)
+
+    def filter_completion(self, ctx: RequestContext, completion: Completion) -> Completion:
+        hold = ctx.reservation
+        if hold is None:
+            return completion
+        return cap_completion(completion, hold.completion_tokens, ctx.prompt_tokens or 0, self._tokens)
 
 
-def _account(scope: str, ident: str, limits: Limits, now: float) -> Account:
+def _account(scope: str, ident: str, limits: Limits, now: float) -> BudgetAccount:
     period_id, start, end = period_bounds(limits.budget_period, now)
     assert limits.budget_micro is not None
-    return Account(scope, ident, period_id, start, end, limits.budget_micro)
+    return BudgetAccount(scope, ident, period_id, start, end, limits.budget_micro)
 
 
 def _period_name(period_id: str) -> str:

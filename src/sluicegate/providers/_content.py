@@ -7,6 +7,7 @@ from typing import Any
 
 from sluicegate.errors import InvalidRequest
 from sluicegate.types import ChatRequest
+from sluicegate.wire.limits import MAX_DEPTH, nesting_over
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 
@@ -33,6 +34,13 @@ def text_of(content: Any, param: str) -> str:
             texts.append(str(part.get("text", "")))
         return "\n".join(texts)
     raise InvalidRequest("content must be a string or an array of content parts", param=param)
+
+
+def check_arguments_depth(value: dict[str, Any], param: str) -> None:
+    """JSON decoded from a string field (tool arguments, tool results) is nested under the body's limit too: the
+    translated body must still be writable."""
+    if nesting_over(value, MAX_DEPTH) is not None:
+        raise InvalidRequest(f"the JSON in this field is nested more than {MAX_DEPTH} levels deep", param=param)
 
 
 def max_tokens_of(req: ChatRequest, default: int) -> int:

@@ -33,6 +33,7 @@ from sluicegate.errors import (
     UpstreamUnavailable,
 )
 from sluicegate.providers._content import (
+    check_arguments_depth,
     max_tokens_of,
     number,
     parse_data_url,
@@ -251,6 +252,7 @@ def _assistant_blocks(msg: Mapping[str, Any], param: str) -> list[dict[str, Any]
             raise InvalidRequest(bad, param=f"{cparam}.function.arguments") from None
         if not isinstance(parsed, dict):
             raise InvalidRequest("tool call arguments must be a JSON object", param=f"{cparam}.function.arguments")
+        check_arguments_depth(parsed, f"{cparam}.function.arguments")
         blocks.append({"type": "tool_use", "id": str(call.get("id") or ""), "name": fn["name"], "input": parsed})
     return blocks
 

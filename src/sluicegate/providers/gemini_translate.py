@@ -33,6 +33,7 @@ from sluicegate.errors import (
     UpstreamUnavailable,
 )
 from sluicegate.providers._content import (
+    check_arguments_depth,
     max_tokens_of,
     number,
     parse_data_url,
@@ -213,6 +214,7 @@ def _model_parts(msg: Mapping[str, Any], param: str, names: dict[str, str]) -> l
             raise InvalidRequest(bad, param=f"{cparam}.function.arguments") from None
         if not isinstance(args, dict):
             raise InvalidRequest("tool call arguments must be a JSON object", param=f"{cparam}.function.arguments")
+        check_arguments_depth(args, f"{cparam}.function.arguments")
         call_id = str(call.get("id") or "")
         names[call_id] = fn["name"]
         part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
@@ -233,6 +235,7 @@ def _function_response(msg: Mapping[str, Any], param: str, names: Mapping[str, s
         value: Any = orjson.loads(text) if text else ""
     except orjson.JSONDecodeError:
         value = text
+    check_arguments_depth({"output": value}, f"{param}.content")
     # functionResponse.response must be an object; Google documents "output" for a plain result.
     response = value if isinstance(value, dict) else {"output": value}
     return {"functionResponse": {"name": names[call_id], "response": response}}

@@ -5,7 +5,9 @@ first-token timeout) before the response starts, so a failed attempt can be retr
 next deployment or fallback model, or reported as an HTTP error. After it, failures end the stream with
 the wire format's error event, never a restart (``service.stream``). Every request ends with a
 ``RequestRecord`` handed to the hooks (metering, budgets, audit, metrics), and they complete before the
-last byte of the response, so a finished answer always has its record.
+last byte of the response, so a finished answer always has its record. They run on every exit path once
+the before-hooks began, including cancellation and unexpected exceptions (a gateway bug must not leave a
+budget reservation behind); a stream the edge never relays is closed with ``OpenStream.close``.
 
 The service speaks only canonical types: which API the client used is the edge's and the wire
 format's business.
@@ -116,39 +118,45 @@ class ChatService:
         await self.chain.after(ctx, record)
 
     async def _before(self, ctx: RequestContext) -> None:
-        """Run the before-hooks; a refusal still runs the after-hooks of the policies that ran."""
+        """Run the before-hooks; a refusal (or any failure) still runs the after-hooks of the policies that ran."""
         try:
             await self.chain.before(ctx)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="rejected", status=exc.status, error_code=exc.code))
+        except BaseException as exc:
+            await self._failed(ctx, exc, "rejected")
             raise
+
+    async def _failed(self, ctx: RequestContext, exc: BaseException, outcome: str = "failed") -> None:
+        """Record a request that ends with ``exc``; the after-hooks let go of what the before-hooks took."""
+        if isinstance(exc, GatewayError):
+            await self.finish(ctx, self.record(ctx, outcome=outcome, status=exc.status, error_code=exc.code))
+        elif isinstance(exc, asyncio.CancelledError):
+            await shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+        else:  # a gateway bug; the edge answers 500 internal_error
+            await self.finish(ctx, self.record(ctx, outcome="failed", status=500, error_code="internal_error"))
 
     # -- non-streaming -----------------------------------------------------------------------------
 
     async def complete(self, ctx: RequestContext) -> tuple[Completion, Usage]:
         """The whole answer (after the policies' rewrites) and its usage, recorded before it is returned."""
         await self._before(ctx)
+
+        async def call(target: Target) -> Completion:
+            try:
+                async with asyncio.timeout(target.deployment.timeouts.total):
+                    return await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
+            except TimeoutError:
+                raise UpstreamTimeout("the upstream did not answer in time") from None
+
         try:
-
-            async def call(target: Target) -> Completion:
-                try:
-                    async with asyncio.timeout(target.deployment.timeouts.total):
-                        return await target.provider.complete(ctx.request, target.deployment, ctx.request_id)
-                except TimeoutError:
-                    raise UpstreamTimeout("the upstream did not answer in time") from None
-
             completion = await self._attempts.run(ctx, ctx.model, call)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
+            ctx.first_token_at = time.perf_counter()
+            completion = self.chain.filter_completion(ctx, completion)
+            usage = completion.usage
+            if usage is None:
+                usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
+        except BaseException as exc:
+            await self._failed(ctx, exc)
             raise
-        except asyncio.CancelledError:
-            await shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
-            raise
-        ctx.first_token_at = time.perf_counter()
-        completion = self.chain.filter_completion(ctx, completion)
-        usage = completion.usage
-        if usage is None:
-            usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
         await self.finish(ctx, self.record(ctx, outcome="completed", status=200, usage=usage))
         return completion, usage
 
@@ -157,7 +165,11 @@ class ChatService:
     async def open_stream(self, ctx: RequestContext) -> OpenStream:
         """Find a target whose first chunk arrives; raise the last error if none does."""
         await self._before(ctx)
-        filters = self.chain.stream_filters(ctx)
+        try:
+            filters = self.chain.stream_filters(ctx)
+        except BaseException as exc:
+            await self._failed(ctx, exc)
+            raise
 
         async def call(target: Target) -> OpenStream:
             stats = StreamStats()
@@ -173,11 +185,8 @@ class ChatService:
 
         try:
             stream = await self._attempts.run(ctx, ctx.model, call)
-        except GatewayError as exc:
-            await self.finish(ctx, self.record(ctx, outcome="failed", status=exc.status, error_code=exc.code))
-            raise
-        except asyncio.CancelledError:
-            await shielded(self.finish(ctx, self.record(ctx, outcome="cancelled", status=499)))
+        except BaseException as exc:
+            await self._failed(ctx, exc)
             raise
         ctx.first_token_at = time.perf_counter()
         return stream

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,8 @@ from ..routing.router import Target
 from ..types import ChatChunk, ChatRequest, ChoiceDelta, Usage
 from .idle_timer import IdleTimer
 from .state import StreamState
+
+log = logging.getLogger("sluicegate.service")
 
 
 class StreamOwner(Protocol):
@@ -79,6 +82,7 @@ class OpenStream:
         self._recorded = False
         self.abort_reason: str | None = None  # set by a graceful shutdown that ran out of time
         self.resumed = 0  # times the answer was continued on another deployment after a mid-stream failure
+        self.relayed = False  # the first bytes reached the client (set by the edge)
         self._timer: asyncio.Timeout | None = None
 
     def _relay(self, batch: list[ChatChunk]) -> list[ChoiceDelta]:
@@ -157,15 +161,43 @@ class OpenStream:
             tail = self._flush_filters()
             if failure is None and not state.complete:
                 failure = "upstream stream ended without a finish_reason"
+            self._recorded = True
             if failure is not None:
                 self.outcome = "interrupted"
-                usage = await self._finish(partial=True, error_code="stream_error")
+                usage = await self._finish_billed(partial=True, error_code="stream_error", status=200)
             else:
                 self.outcome = "completed"
-                usage = await self._finish(partial=False, error_code=None)
+                usage = await self._finish_billed(partial=False, error_code=None, status=200)
             self.end = StreamEnd(tail, usage, failure)
+        except Exception:
+            if not self._recorded:  # a gateway bug mid-stream; the edge ends the stream with its error event
+                self.outcome = "interrupted"
+                await shielded(self._finish(partial=True, error_code="internal_error"))
+            raise
         finally:
             if not self._recorded:  # the client went away (or the task was cancelled) mid-stream
+                self.outcome = "cancelled"
+                await shielded(self._finish(partial=True, error_code="client_disconnected"))
+
+    async def close(self, *, internal_error: bool = False) -> None:
+        """Settle a stream whose relay will not run to its end: the client left, or the edge failed
+        (``internal_error``: a gateway bug, recorded as one), before or while ``rest`` ran. Closes the
+        upstream and records the request, so what it holds (a budget reservation) is let go. A no-op once
+        the stream is recorded."""
+        if self._recorded:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                await close_upstream(self._upstream)
+        finally:
+            if internal_error and not self.relayed:
+                # Nothing reached the client, which gets a 500: recorded like a failure before the first byte.
+                self.outcome = "failed"
+                await shielded(self._finish(partial=True, error_code="internal_error", status=500, usage=False))
+            elif internal_error:
+                self.outcome = "interrupted"
+                await shielded(self._finish(partial=True, error_code="internal_error"))
+            else:
                 self.outcome = "cancelled"
                 await shielded(self._finish(partial=True, error_code="client_disconnected"))
 
@@ -179,19 +211,34 @@ class OpenStream:
             out.extend(pending)
         return self.state.feed(out) if out else []
 
-    async def _finish(self, *, partial: bool, error_code: str | None) -> Usage:
+    async def _finish(
+        self, *, partial: bool, error_code: str | None, status: int = 200, usage: bool = True
+    ) -> Usage | None:
+        """Record the request (``usage``: whether it is billed, i.e. anything reached the client)."""
         self._recorded = True
+        if not usage:
+            await self._service.finish(
+                self.ctx, self._service.record(self.ctx, outcome=self.outcome, status=status, error_code=error_code)
+            )
+            return None
+        return await self._finish_billed(partial=partial, error_code=error_code, status=status)
+
+    async def _finish_billed(self, *, partial: bool, error_code: str | None, status: int) -> Usage:
         state = self.state
         usage = state.usage
         if usage is None or partial or self.resumed:
             # A resumed answer came from two upstreams; neither usage report covers the whole of it.
-            estimated = self._service.estimate_usage(self.ctx.request, state.text)
+            try:
+                estimated = self._service.estimate_usage(self.ctx.request, state.text)
+            except Exception:  # the record (and the after-hooks it feeds) must still happen
+                log.exception("could not count the usage of request %s", self.ctx.request_id)
+                estimated = Usage(estimated=True)
             if usage is None or usage.completion_tokens == 0:
                 usage = estimated
             state.usage = usage
         service = self._service
         record = service.record(
-            self.ctx, outcome=self.outcome, status=200, usage=usage, error_code=error_code, partial=partial
+            self.ctx, outcome=self.outcome, status=status, usage=usage, error_code=error_code, partial=partial
         )
         await service.finish(self.ctx, record)
         return usage

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from sluicegate.config import Price
 from sluicegate.errors import RateLimited
-from sluicegate.policies.budgets import Account, LocalLedger, RedisLedger, period_bounds
+from sluicegate.hooks import BudgetAccount, BudgetHold
+from sluicegate.policies.budgets import LocalLedger, RedisLedger, period_bounds
 from sluicegate.policies.ratelimit import Bucket, LocalLimiter, RedisLimiter, duration
 from sluicegate.pricing import ceil_micro, cost_micro
 from sluicegate.types import Usage
@@ -200,21 +201,24 @@ async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[LocalLedger | 
 
 
 async def test_concurrent_reservations_never_overshoot(ledger: LocalLedger | RedisLedger) -> None:
-    account = Account("key", "k1", "total", 0.0, float("inf"), 10_000)
-    results = await asyncio.gather(*(ledger.reserve([account], 1_000) for _ in range(50)))
-    admitted = [r for r in results if r is None]
+    account = BudgetAccount("key", "k1", "total", 0.0, float("inf"), 10_000)
+    holds = [BudgetHold([account], 1_000, 60) for _ in range(50)]
+    results = await asyncio.gather(*(ledger.reserve(h) for h in holds))
+    admitted = [h for h, r in zip(holds, results, strict=True) if r is None]
     assert len(admitted) == 10
     # Each finished call costs less than it reserved: the room comes back.
-    for _ in admitted[:5]:
-        await ledger.settle((account.key,), 1_000, 400)
-    assert await ledger.reserve([account], 1_000) is None  # 5*400 spent + 5*1000 reserved + 1000 <= 10000
-    again = await asyncio.gather(*(ledger.reserve([account], 1_000) for _ in range(10)))
+    for hold in admitted[:5]:
+        await ledger.settle(hold, 400)
+    assert (
+        await ledger.reserve(BudgetHold([account], 1_000, 60)) is None
+    )  # 5*400 spent + 5*1000 reserved + 1000 <= 10000
+    again = await asyncio.gather(*(ledger.reserve(BudgetHold([account], 1_000, 60)) for _ in range(10)))
     assert sum(r is None for r in again) == 2  # 2,000 + 6,000 reserved + 2 * 1,000 = 10,000
 
 
 async def test_ledger_loads_prior_spend_and_refuses_group_or_key(ledger: LocalLedger | RedisLedger) -> None:
-    key = Account("key", "preloaded", "total", 0.0, float("inf"), 1_500)
-    group = Account("group", "g", "total", 0.0, float("inf"), 10_000)
-    refused = await ledger.reserve([key, group], 600)
+    key = BudgetAccount("key", "preloaded", "total", 0.0, float("inf"), 1_500)
+    group = BudgetAccount("group", "g", "total", 0.0, float("inf"), 10_000)
+    refused = await ledger.reserve(BudgetHold([key, group], 600, 60))
     assert refused == key  # 1,000 already spent before this process started
-    assert await ledger.reserve([key, group], 500) is None
+    assert await ledger.reserve(BudgetHold([key, group], 500, 60)) is None

@@ -123,7 +123,7 @@ def test_assistant_null_content_with_tool_calls_only() -> None:
     assert out["messages"][1]["content"] == [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]
 
 
-@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]"])
+@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '{"a":' + "[" * 300 + "]" * 300 + "}"])
 def test_invalid_tool_arguments_rejected(arguments: str) -> None:
     call = {"id": "t", "type": "function", "function": {"name": "f", "arguments": arguments}}
     with pytest.raises(InvalidRequest) as info:

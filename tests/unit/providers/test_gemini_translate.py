@@ -230,6 +230,15 @@ def test_tools_and_tool_choice(choice: Any, expected: dict[str, Any] | None) -> 
             "messages[1].tool_calls[0].function.arguments",
         ),
         ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}], {}, "messages[0].content[0]"),
+        (  # JSON in a string nests under the body's limit too: the translated body must stay writable
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "[" * 300 + "]" * 300},
+            ],
+            {},
+            "messages[2].content",
+        ),
     ],
 )
 def test_invalid_requests(messages: list[dict[str, Any]] | None, body: dict[str, Any], param: str) -> None:

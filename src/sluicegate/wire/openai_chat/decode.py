@@ -12,6 +12,7 @@ import orjson
 
 from ...errors import InvalidRequest
 from ...types import ChatRequest
+from ..limits import MAX_DEPTH, nesting_over
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
@@ -20,6 +21,10 @@ _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 _NOT_PARAMS = frozenset({"metadata", "model", "messages"})
 _METADATA_PAIRS, _METADATA_KEY_CHARS, _METADATA_VALUE_CHARS = 16, 64, 512
 _RESERVED_PREFIX = "sluicegate"
+# Containers (objects and arrays) nested deeper than this are refused. OpenAI bodies need a fraction of it (a
+# tool's JSON schema ten levels deep is about 30); the gateway's own encoder (orjson) cannot write a body
+# nested 255 levels, and translating to another provider wraps a few more, so anything near that must be
+# refused here, before a budget is reserved, rather than fail on the way out.
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -29,6 +34,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise InvalidRequest(f"the request body is not valid JSON: {exc.args[0]}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    too_deep = nesting_over(body, MAX_DEPTH)
+    if too_deep is not None:
+        raise InvalidRequest(
+            f"the request body is nested more than {MAX_DEPTH} levels deep (in '{too_deep}'); {MAX_DEPTH} is the limit",
+            param=too_deep,
+        )
 
     model = body.get("model")
     if not isinstance(model, str) or not model:

@@ -20,13 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
 from .config import GatewayConfig, load_config
-from .errors import CorsRefused, GatewayError, MethodNotAllowed, NotFound
-from .http.asgi import Message, Receive, Request, Scope, Send, send_error
-from .http.cors import Cors
+from .errors import GatewayError, MethodNotAllowed, NotFound
+from .http.asgi import Receive, Request, Scope, Send, send_error
+from .http.edge import Edge
 from .http.errors import internal_error
-from .http.openai_api import request_id_of
 from .http.protocol import EdgeLimits
-from .http.routes import OWN_REQUEST_ID, PREFIX_ROUTES, ROUTES, Handler, methods_for
+from .http.routes import OWN_REQUEST_ID, PREFIX_ROUTES, ROUTES, methods_for
 from .http.shedding import LoadShedder
 from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .metering.audit import AuditEntry
@@ -277,7 +276,7 @@ class App:
         self.edge_limits = EdgeLimits(
             server.header_timeout, server.body_timeout, server.max_header_bytes, server.max_headers
         )
-        self.cors = Cors(server.cors_origins) if server.cors_origins else None
+        self.edge = Edge(server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -291,55 +290,29 @@ class App:
         handler = ROUTES.get((scope["method"], scope["path"]))
         ids: dict[str, str] | None = None
         try:
-            if handler not in OWN_REQUEST_ID or self.cors is not None:
+            if handler not in OWN_REQUEST_ID or self.edge.cors is not None:
                 ids = {}
-                send = request.send = self._decorated(request, handler, ids)
-            if handler is None and (scope["method"] != "OPTIONS" or self.cors is None):
+                send = request.send = self.edge.decorated(request, handler not in OWN_REQUEST_ID, ids)
+            preflight = handler is None and self.edge.is_preflight(request)  # also on the admin API's paths
+            if handler is None and not preflight:
                 handler = next((h for prefix, h in PREFIX_ROUTES if scope["path"].startswith(prefix)), None)
             if handler is None:
-                await self._unrouted(request)
-                return
+                methods = methods_for(scope["path"])
+                if methods and preflight:
+                    await self.edge.preflight(request, methods)
+                    return
+                if methods:
+                    raise MethodNotAllowed(
+                        f"Method {scope['method']} is not allowed on {scope['path']}",
+                        headers={"allow": self.edge.allow(methods)},
+                    )
+                raise NotFound(f"Unknown path {scope['path']}")
             await handler(self.gateway, request)
         except GatewayError as exc:
             await send_error(send, exc, ids)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             await send_error(send, internal_error())
-
-    def _decorated(self, request: Request, handler: Handler | None, ids: dict[str, str]) -> Send:
-        """``request.send`` adding the headers every response carries: ``x-request-id`` and, for an allowed
-        browser origin, CORS. Handlers that set the request id themselves skip this when CORS is off."""
-        extra: list[tuple[bytes, bytes]] = []
-        if handler not in OWN_REQUEST_ID:
-            ids["x-request-id"] = request_id_of(request)
-            extra.append((b"x-request-id", ids["x-request-id"].encode()))
-        if self.cors is not None:
-            allowed = self.cors.allow_origin(request.header(b"origin"))
-            if allowed is not None:
-                extra.extend(self.cors.response_headers(allowed))
-        return _adding_headers(request.send, extra) if extra else request.send
-
-    async def _unrouted(self, request: Request) -> None:
-        """404, 405 with ``Allow``, or a CORS preflight."""
-        path = request.path
-        methods = methods_for(path)
-        if request.method == "OPTIONS" and self.cors is not None and request.header(b"access-control-request-method"):
-            if not methods:
-                raise NotFound(f"Unknown path {path}")
-            origin = request.header(b"origin")
-            allowed = self.cors.allow_origin(origin)
-            if allowed is None:
-                raise CorsRefused(f"Origin {(origin or '')[:80]!r} is not allowed by server.cors_origins")
-            headers = self.cors.preflight_headers(
-                allowed, ", ".join(methods), request.header(b"access-control-request-headers")
-            )
-            await request.send({"type": "http.response.start", "status": 204, "headers": headers})
-            await request.send({"type": "http.response.body", "body": b""})
-            return
-        if methods:
-            allow = ", ".join((*methods, "OPTIONS") if self.cors is not None else methods)
-            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}", headers={"allow": allow})
-        raise NotFound(f"Unknown path {path}")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -356,18 +329,6 @@ class App:
                 await self.gateway.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            present = {name for name, _ in headers}
-            headers.extend(h for h in extra if h[0] not in present)
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return sending
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> App:

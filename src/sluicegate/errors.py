@@ -17,8 +17,7 @@ an SSE ``stream_error`` frame (SPEC §7).
     ├── PermissionDenied          403
     │   ├── ModelAccessDenied         model_access_denied
     │   ├── BudgetExceeded            budget_exceeded
-    │   ├── DlpBlocked                dlp_blocked
-    │   └── CorsRefused               cors_origin_not_allowed (a preflight from an origin not configured)
+    │   └── DlpBlocked                dlp_blocked
     ├── NotFound                  404 (route)
     │   └── ModelNotFound             model_not_found
     ├── MethodNotAllowed          405 method_not_allowed
@@ -123,10 +122,6 @@ class BudgetExceeded(PermissionDenied):
 
 class DlpBlocked(PermissionDenied):
     code = "dlp_blocked"
-
-
-class CorsRefused(PermissionDenied):
-    code = "cors_origin_not_allowed"
 
 
 class NotFound(GatewayError):

@@ -8,6 +8,15 @@ the requested headers that are on the list below, by name.
 
 from __future__ import annotations
 
+from ..errors import PermissionDenied
+
+
+class CorsRefused(PermissionDenied):
+    """A preflight from an origin that is not in ``server.cors_origins``."""
+
+    code = "cors_origin_not_allowed"
+
+
 # What the OpenAI SDKs (openai-node sends its x-stainless-* telemetry from browsers too), the Anthropic SDK
 # and plain fetch() send with a chat request.
 _ALLOWED_HEADERS = frozenset(

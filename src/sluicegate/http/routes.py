@@ -23,8 +23,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/metrics"): metrics_api.metrics,
 }
 
-PATHS = frozenset(path for _, path in ROUTES)
-
 # Path prefixes whose handler routes the rest itself (paths with parameters), and the methods it may accept.
 PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = ((admin_api.PREFIX, admin_api.dispatch),)
 PREFIX_METHODS = {admin_api.PREFIX: ("DELETE", "GET", "PATCH", "POST", "PUT")}

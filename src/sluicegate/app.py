@@ -22,8 +22,10 @@ from .admin import Admin
 from .config import GatewayConfig, ModelConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
+from .http.edge import Edge
 from .http.errors import internal_error
-from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
+from .http.protocol import EdgeLimits
+from .http.routes import OWN_REQUEST_ID, PREFIX_ROUTES, ROUTES, methods_for
 from .http.shedding import LoadShedder
 from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisBus
 from .metering.audit import AuditEntry
@@ -272,6 +274,12 @@ class App:
 
     def __init__(self, settings: Settings, config: GatewayConfig) -> None:
         self.gateway = Gateway(settings, config)
+        server = config.server
+        # Read once per connection by the HTTP protocol (http/protocol.py), which sees only the app.
+        self.edge_limits = EdgeLimits(
+            server.header_timeout, server.body_timeout, server.max_header_bytes, server.max_headers
+        )
+        self.edge = Edge(server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -283,16 +291,28 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         handler = ROUTES.get((scope["method"], scope["path"]))
+        ids: dict[str, str] | None = None
         try:
-            if handler is None:
+            if handler not in OWN_REQUEST_ID or self.edge.cors is not None:
+                ids = {}
+                send = request.send = self.edge.decorated(request, handler not in OWN_REQUEST_ID, ids)
+            preflight = handler is None and self.edge.is_preflight(request)  # also on the admin API's paths
+            if handler is None and not preflight:
                 handler = next((h for prefix, h in PREFIX_ROUTES if scope["path"].startswith(prefix)), None)
             if handler is None:
-                if scope["path"] in PATHS:
-                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}")
+                methods = methods_for(scope["path"])
+                if methods and preflight:
+                    await self.edge.preflight(request, methods)
+                    return
+                if methods:
+                    raise MethodNotAllowed(
+                        f"Method {scope['method']} is not allowed on {scope['path']}",
+                        headers={"allow": self.edge.allow(methods)},
+                    )
                 raise NotFound(f"Unknown path {scope['path']}")
             await handler(self.gateway, request)
         except GatewayError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, ids)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             await send_error(send, internal_error())

@@ -88,7 +88,9 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            # uvicorn's httptools protocol plus our edge limits and enveloped refusals (http/protocol.py).
+            http="sluicegate.http.protocol:GatewayHttpProtocol",
+            ws="none",
             lifespan="on",
             access_log=False,
             log_level=log_level,

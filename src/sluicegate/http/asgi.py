@@ -7,12 +7,13 @@ per-request CPU of a raw ASGI app, and the gateway needs only a route table and 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
-from ..errors import GatewayError, RequestTooLarge
+from ..errors import GatewayError, InvalidHeader, InvalidRequest, RequestTooLarge, UnsupportedEncoding
 from .errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -27,14 +28,23 @@ class ClientGone(Exception):
     """The client disconnected before the request body arrived."""
 
 
+# Headers that name one thing: sent twice, which one the client meant is a guess, so the request is refused.
+_SINGLE = (b"authorization", b"x-api-key", b"content-encoding")
+# Compressed bodies larger than this are inflated in a thread: a small input can expand to the whole body limit.
+_INFLATE_INLINE_BYTES = 4096
+_NO_NAMES: frozenset[bytes] = frozenset()
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 class Request:
-    __slots__ = ("_headers", "receive", "scope", "send")
+    __slots__ = ("_doubled", "_headers", "receive", "scope", "send")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
         self._headers: dict[bytes, bytes] | None = None
+        self._doubled = _NO_NAMES
 
     @property
     def method(self) -> str:
@@ -44,14 +54,29 @@ class Request:
     def path(self) -> str:
         return str(self.scope["path"])
 
-    def header(self, name: bytes) -> str | None:
+    def _index(self) -> dict[bytes, bytes]:
         if self._headers is None:
-            self._headers = {k.lower(): v for k, v in self.scope["headers"]}
-        value = self._headers.get(name)
+            raw = self.scope["headers"]
+            self._headers = {k.lower(): v for k, v in raw}
+            if len(self._headers) < len(raw):
+                names = [k.lower() for k, _ in raw]
+                self._doubled = frozenset(n for n in _SINGLE if names.count(n) > 1)
+        return self._headers
+
+    def header(self, name: bytes) -> str | None:
+        """The header's value; an ``InvalidHeader`` for a header in ``_SINGLE`` that was sent more than once."""
+        headers = self._headers if self._headers is not None else self._index()
+        value = headers.get(name)
+        if self._doubled and name in self._doubled:
+            text = name.decode()
+            raise InvalidHeader(f"The request has more than one {text} header; send it once", param=text)
         return value.decode("latin-1") if value is not None else None
 
     async def body(self, limit: int) -> bytes:
-        declared = self.header(b"content-length")
+        """The body, at most ``limit`` bytes as sent and, for a gzip or deflate body, once inflated."""
+        headers = self._headers if self._headers is not None else self._index()
+        wbits = self._wbits() if b"content-encoding" in headers else None
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes")
         parts: list[bytes] = []
@@ -67,7 +92,48 @@ class Request:
                     raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes")
                 parts.append(chunk)
             if not message.get("more_body"):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                break
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        if wbits is None or not raw:
+            return raw
+        if len(raw) <= _INFLATE_INLINE_BYTES:
+            return inflate(raw, wbits, limit)
+        return await asyncio.to_thread(inflate, raw, wbits, limit)
+
+    def _wbits(self) -> int | None:
+        """zlib's window setting for the body's Content-Encoding; None for identity; 415 for anything else."""
+        encoding = (self.header(b"content-encoding") or "").strip().lower()
+        if encoding in ("", "identity"):
+            return None
+        wbits = _WBITS.get(encoding)
+        if wbits is None:
+            raise UnsupportedEncoding(
+                f"Content-Encoding {encoding[:32]!r} is not supported; send gzip, deflate or identity",
+                param="content-encoding",
+            )
+        return wbits
+
+
+def inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """Decompress, never producing more than ``limit`` bytes: a gzip bomb costs at most the limit."""
+    out: list[bytes] = []
+    size = 0
+    try:
+        while raw:
+            inflater = zlib.decompressobj(wbits)
+            part = inflater.decompress(raw, limit + 1 - size)
+            size += len(part)
+            if size > limit:
+                raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes once decompressed")
+            if not inflater.eof:
+                raise InvalidRequest("The compressed request body is truncated", param="content-encoding")
+            out.append(part)
+            raw = inflater.unused_data  # gzip allows several members, one after the other
+    except zlib.error as exc:
+        raise InvalidRequest(
+            "The request body is not valid for its Content-Encoding", param="content-encoding"
+        ) from exc
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _headers(content_type: bytes, length: int, extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:

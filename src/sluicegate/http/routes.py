@@ -23,7 +23,17 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/metrics"): metrics_api.metrics,
 }
 
-PATHS = frozenset(path for _, path in ROUTES)
-
-# Path prefixes whose handler routes the rest itself (paths with parameters).
+# Path prefixes whose handler routes the rest itself (paths with parameters), and the methods it may accept.
 PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = ((admin_api.PREFIX, admin_api.dispatch),)
+PREFIX_METHODS = {admin_api.PREFIX: ("DELETE", "GET", "PATCH", "POST", "PUT")}
+
+# Handlers that put the request id on their responses themselves (the hot path: no send wrapper).
+OWN_REQUEST_ID = frozenset({openai_api.chat_completions, openai_api.list_models})
+
+
+def methods_for(path: str) -> tuple[str, ...]:
+    """The methods served on ``path`` (for ``Allow`` and CORS preflight); empty for an unknown path."""
+    exact = tuple(sorted(method for method, route in ROUTES if route == path))
+    if exact:
+        return exact
+    return next((methods for prefix, methods in PREFIX_METHODS.items() if path.startswith(prefix)), ())

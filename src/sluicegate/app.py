@@ -19,6 +19,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
+from .analytics import Analytics
 from .config import GatewayConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
@@ -29,6 +30,7 @@ from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisB
 from .metering.audit import AuditEntry
 from .metering.recorder import AuditSink, MeteringSink, UsageRecorder
 from .metering.tokens import TokenCounter
+from .metering.usage_analytics import UsageAnalytics
 from .metering.usage_store import UsageStore
 from .observability import Observability
 from .policies.base import Policy, PolicyChain
@@ -87,6 +89,7 @@ class Gateway:
         self.authenticator: KeyAuthenticator
         self.bus: LocalBus
         self.admin: Admin
+        self.analytics: Analytics
         self.identity: IdentityStore
 
     async def open_store(self) -> None:
@@ -108,6 +111,8 @@ class Gateway:
             self.bus = LocalBus(self.authenticator)
         self.usage = UsageStore(self.engine)
         self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
+        prompts = self.config.metering.audit_prompts
+        self.analytics = Analytics(UsageAnalytics(self.engine), self.admin, prompts_logged=prompts)
 
     async def _write_audit(self, entry: AuditEntry) -> None:
         """Admin actions from a process without a recorder (the CLI) go straight to the store."""
@@ -135,6 +140,7 @@ class Gateway:
         self.admin.set_audit(AuditSink(self.recorder.audit))
         self._tasks.append(loop.create_task(self._flush_last_used()))
         self._tasks.append(loop.create_task(self._rollups()))
+        self._tasks.append(loop.create_task(self.analytics.keep_rolling(self.config)))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
         openai = OpenAICompatProvider(self.session)

@@ -15,8 +15,9 @@
     PUT    /admin/v1/groups/{name}/limits        {"rpm", "tpm", "budget" (credits), "budget_period"}; null clears
     PUT    /admin/v1/groups/{name}/dlp           {"request": {"action", "detectors"}|null, "response": ...}
     PUT    /admin/v1/keys/{name-or-prefix}/limits
+    PUT    /admin/v1/keys/{name-or-prefix}/expiry {"expires": "30d" | epoch seconds | null}
     GET    /admin/v1/usage?by=key|group|model&since=2026-11-01&until=...
-    GET    /admin/v1/audit?limit=100&kind=admin   newest first
+    GET    /admin/v1/audit?limit=100&kind=admin[&before=SEQ]   newest first
     GET    /admin/v1/audit/verify                 walks the hash chain
 
 Only the master key is accepted. Errors use the OpenAI envelope like every other endpoint.
@@ -103,6 +104,8 @@ async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, 
             return 200, await admin.set_group_dlp(name, override)
         case ["keys", ref, "limits"] if method == "PUT":
             return 200, await admin.set_key_limits(ref, await _json(request))
+        case ["keys", ref, "expiry"] if method == "PUT":
+            return 200, await admin.set_key_expiry(ref, (await _json(request)).get("expires"))
         case ["usage"] if method == "GET":
             q = _query(request)
             rows = await admin.usage_report(q.get("by", "model"), q.get("since", "30d"), q.get("until"))
@@ -110,7 +113,8 @@ async def _route(gw: Gateway, request: Request, parts: list[str]) -> tuple[int, 
         case ["audit"] if method == "GET":
             q = _query(request)
             limit = int(q["limit"]) if q.get("limit", "").isdigit() else 100
-            return 200, _listing(await admin.audit_entries(min(limit, 1000), q.get("kind")))
+            before = int(q["before"]) if q.get("before", "").isdigit() else None
+            return 200, _listing(await admin.audit_entries(min(limit, 1000), q.get("kind"), before))
         case ["audit", "verify"] if method == "GET":
             return 200, await admin.verify_audit()
         case ["groups", name, "grants"] if method == "POST":

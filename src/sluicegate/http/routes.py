@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import admin_api, health, metrics_api, openai_api
+from . import admin_api, analytics_api, health, metrics_api, openai_api
 from .asgi import Request
 
 if TYPE_CHECKING:
@@ -26,4 +26,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
 PATHS = frozenset(path for _, path in ROUTES)
 
 # Path prefixes whose handler routes the rest itself (paths with parameters).
-PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = ((admin_api.PREFIX, admin_api.dispatch),)
+PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = (
+    (analytics_api.PREFIX, analytics_api.dispatch),  # before admin_api's, whose prefix contains it
+    (admin_api.PREFIX, admin_api.dispatch),
+)

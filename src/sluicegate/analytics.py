@@ -283,7 +283,7 @@ def _label(dim: str | None, value: str, labels: dict[str, str]) -> str:
     if dim is None:
         return "all"
     if not value:
-        return {"model": "(no model answered)", "group": "(no group)", "deployment": "(none)"}.get(dim, "(none)")
+        return {"group": "(no group)", "deployment": "(no deployment)"}.get(dim, "(none)")
     return labels.get(value, value)
 
 

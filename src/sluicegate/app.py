@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +49,9 @@ from .settings import Settings
 from .storage.db import create_engine
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate
+
+if TYPE_CHECKING:
+    from .console.app import Console
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0
@@ -90,6 +93,7 @@ class Gateway:
         self.bus: LocalBus
         self.admin: Admin
         self.analytics: Analytics
+        self.console: Console | None = None  # the web console, built on its first request (console/__init__.py)
         self.identity: IdentityStore
 
     async def open_store(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ def admin_get(gw: GatewayProcess, path: str, **params: Any) -> httpx.Response:
 
 
 def store_run(database: str, statement: Any) -> list[Any]:
-    """Run one statement on the gateway's store from the test (sessions are rows: expiry is a row edit)."""
+    """Run one statement on the gateway's store from the test (sessions are rows: expiry is a row edit).
+
+    In a thread of its own: Playwright's sync API keeps an event loop running on the test's thread.
+    """
 
     async def run() -> list[Any]:
         engine = create_engine(database)
@@ -66,7 +70,8 @@ def store_run(database: str, statement: Any) -> list[Any]:
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def age_sessions(database: str, *, idle: float | None = None, past_max: bool = False) -> None:

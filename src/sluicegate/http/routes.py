@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from .. import console
 from . import admin_api, analytics_api, health, metrics_api, openai_api
 from .asgi import Request
 
@@ -29,4 +30,5 @@ PATHS = frozenset(path for _, path in ROUTES)
 PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = (
     (analytics_api.PREFIX, analytics_api.dispatch),  # before admin_api's, whose prefix contains it
     (admin_api.PREFIX, admin_api.dispatch),
+    (console.PREFIX, console.dispatch),
 )

@@ -55,8 +55,9 @@ HOURLY_MARK = "hourly"
 # Inline literals, not bound parameters: PostgreSQL must see the SELECT and GROUP BY expressions as identical.
 _EMPTY: ColumnElement[str] = literal_column("''")
 _ZERO: ColumnElement[int] = literal_column("0")
+# By model: the one that answered, else the one asked for (so failures and refusals count against a model).
 _RAW_DIMENSIONS: dict[str, ColumnElement[Any]] = {
-    "model": func.coalesce(usage.c.model, _EMPTY),
+    "model": func.coalesce(usage.c.model, usage.c.requested_model),
     "group": func.coalesce(usage.c.group_name, _EMPTY),
     "key": usage.c.key_id,
     "deployment": func.coalesce(usage.c.deployment, _EMPTY),

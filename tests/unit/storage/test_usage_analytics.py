@@ -86,7 +86,7 @@ def expected(records: list[RequestRecord], start: float, end: float, by: str | N
     for r in records:
         if not start <= r.started_at < end:
             continue
-        value = {"model": r.model, "group": r.group, "key": r.key_id, None: ""}[by] or ""
+        value = {"model": r.model or r.requested_model, "group": r.group, "key": r.key_id, None: ""}[by] or ""
         cell = out.setdefault(value, Cell())
         u = r.usage
         assert u is not None

@@ -144,46 +144,56 @@ class Analytics:
     async def timeseries(
         self, by: Any = None, since: Any = None, until: Any = None, bucket: Any = None, top: Any = None
     ) -> dict[str, Any]:
-        """Per-bucket figures of the ``top`` values of ``by`` (by spend, then requests), the rest as ``(other)``."""
+        """Per-bucket figures of the ``top`` values of ``by`` (by spend, then requests), the rest as ``(other: N)``.
+
+        Three grouped reads, whatever the number of values: the totals per bucket, the ranking of the values, and
+        the buckets of the values shown; the rest is the totals minus those.
+        """
         dim = _dimension(by)
         limit = _positive_int(top, "top", 8, 50)
         span = Range(since, until, bucket)
-        cells = await self.store.cells(dim, span.start, span.end, span.bucket)
-        totals: dict[str, Cell] = {}
-        for (_, value), cell in cells.items():
-            totals.setdefault(value, Cell()).merge(cell)
-        ranked = sorted(totals, key=lambda v: (-totals[v].sums[6], -totals[v].sums[0], v))
-        shown = ranked[:limit]
-        rest = set(ranked[limit:])
-        labels = await self._labels(dim)
-        grid: dict[str, dict[int, Cell]] = {v: {} for v in shown}
-        other: dict[int, Cell] = {}
-        overall: dict[int, Cell] = {}
-        for (t, value), cell in cells.items():
-            target = other if value in rest else grid[value]
-            target.setdefault(t, Cell()).merge(cell)
-            overall.setdefault(t, Cell()).merge(cell)
-        series: list[dict[str, Any]] = [
-            {"key": v, "label": _label(dim, v, labels), **_columns(grid[v], span.timestamps)} for v in shown
-        ]
-        if rest:
-            series.append({"key": None, "label": f"(other: {len(rest)})", **_columns(other, span.timestamps)})
+        stamps = span.timestamps
+        everything = await self.store.cells(None, span.start, span.end, span.bucket)
+        overall = {t: cell for (t, _), cell in everything.items()}
+        series: list[dict[str, Any]] = []
+        if dim is None:
+            series.append({"key": "", "label": "all", **_columns(overall, stamps)})
+        else:
+            ranking = await self.store.ranking(dim, span.start, span.end)
+            ranked = sorted(ranking, key=lambda v: (-ranking[v][0], -ranking[v][1], v))
+            shown, rest = ranked[:limit], ranked[limit:]
+            grid: dict[str, dict[int, Cell]] = {v: {} for v in shown}
+            if shown:
+                for (t, value), cell in (await self.store.cells(dim, span.start, span.end, span.bucket, shown)).items():
+                    grid.setdefault(value, {})[t] = cell
+            labels = await self._labels(dim)
+            series.extend({"key": v, "label": _label(dim, v, labels), **_columns(grid[v], stamps)} for v in shown)
+            if rest:
+                other: dict[int, Cell] = {}
+                for t, cell in overall.items():
+                    remainder = Cell()
+                    remainder.merge(cell)
+                    for v in shown:
+                        if t in grid[v]:
+                            remainder.merge(grid[v][t], -1)
+                    other[t] = remainder
+                series.append({"key": None, "label": f"(other: {len(rest)})", **_columns(other, stamps)})
         return {
             "object": "usage.timeseries",
             "by": dim or "none",
             "bucket": span.bucket,
             "since": span.start,
             "until": span.end,
-            "timestamps": span.timestamps,
+            "timestamps": stamps,
             "series": series,
-            "total": _columns(overall, span.timestamps),
+            "total": _columns(overall, stamps),
         }
 
     async def summary(self, by: Any = None, since: Any = None, until: Any = None, bucket: Any = None) -> dict[str, Any]:
         """Totals per value of ``by`` over the range (the same range rules as ``timeseries``), biggest spend first."""
         dim = _dimension(by)
         span = Range(since, until, bucket)
-        cells = await self.store.cells(dim, span.start, span.end, None if span.bucket >= HOUR else span.bucket)
+        cells = await self.store.cells(dim, span.start, span.end, None)
         totals: dict[str, Cell] = {}
         for (_, value), cell in cells.items():
             totals.setdefault(value, Cell()).merge(cell)
@@ -203,6 +213,25 @@ class Analytics:
             "data": rows,
             "total": _figures(everything),
         }
+
+    async def top(
+        self, by: Any, since: Any = None, until: Any = None, bucket: Any = None, limit: Any = None
+    ) -> dict[str, Any]:
+        """The ``limit`` values of ``by`` with the most spend (then requests): just those two figures, cheaply."""
+        dim = _dimension(by)
+        if dim is None:
+            raise InvalidRequest("'by' must be model, key, group or deployment", param="by")
+        size = _positive_int(limit, "limit", 5, 100)
+        span = Range(since, until, bucket)
+        ranking = await self.store.ranking(dim, span.start, span.end)
+        ranked = sorted(ranking, key=lambda v: (-ranking[v][0], -ranking[v][1], v))[:size]
+        labels = await self._labels(dim)
+        rows = [
+            {"key": v, "label": _label(dim, v, labels), "requests": ranking[v][1], "cost_micro": ranking[v][0],
+             "cost": credits(ranking[v][0])}
+            for v in ranked
+        ]  # fmt: skip
+        return {"object": "list", "by": dim, "since": span.start, "until": span.end, "data": rows}
 
     async def requests(
         self,

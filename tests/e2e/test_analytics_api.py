@@ -87,6 +87,9 @@ def test_timeseries_and_summary_count_the_requests_made(gw: GatewayProcess, traf
     row = next(r for r in summary["data"] if r["key"] == traffic["group"])
     assert (row["requests"], row["errors"], row["cost_micro"]) == (6, 1, 5 * COST)
     assert row["cost"] == pytest.approx(5 * COST / 1e6) and row["error_rate"] == pytest.approx(1 / 6)
+    top = api(gw, "top", by="group", since="24h", limit=50).json()["data"]
+    assert {"key": traffic["group"], "label": traffic["group"], "requests": 6, "cost_micro": 5 * COST,
+            "cost": 5 * COST / 1e6} in top  # fmt: skip
     csv = api(gw, "summary", by="group", since="24h", format="csv")
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[0].startswith("key,label,requests,errors,error_rate")
@@ -125,6 +128,8 @@ def test_the_request_log_pages_filters_and_shows_attempts(gw: GatewayProcess, tr
         ("timeseries", {"since": "30d", "bucket": "1m"}, "bucket"),
         ("timeseries", {"top": "0"}, "top"),
         ("summary", {"since": "1h", "until": "2h"}, "since"),
+        ("top", {"by": "none"}, "by"),
+        ("top", {"by": "model", "limit": "1000"}, "limit"),
         ("requests", {"limit": "0"}, "limit"),
         ("requests", {"before": "yesterday"}, "before"),
         ("requests", {"status": "teapot"}, "status"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -168,3 +170,59 @@ def test_login_attempts_are_rate_limited_per_address_and_audited_once(
         actions = [e["action"] for e in audit(g)]
         assert actions.count("console.login_failed") == 3
         assert actions.count("console.login_refused") == 1  # audited once per address and minute, not per attempt
+
+
+def _secret(html: str) -> str:
+    found = re.search(r'id="secret" type="text" readonly value="([^"]+)"', html)
+    assert found, "no one-time key on the page"
+    return found.group(1)
+
+
+def _chat(gw: GatewayProcess, key: str) -> int:
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=30).status_code
+
+
+def test_the_key_and_group_forms_make_the_same_changes_as_the_api(gw: GatewayProcess) -> None:
+    client = login(gw)
+    token = csrf_of(client.get("/ui/keys").text)
+
+    def post(path: str, **data: Any) -> httpx.Response:
+        return client.post(path, data={"csrf": token, **data})
+
+    group, name = "g-" + uuid.uuid4().hex[:8], "k-" + uuid.uuid4().hex[:8]
+    assert post("/ui/groups", name=group, models="gpt-*").status_code == 303
+    created = post("/ui/keys", name=name, group=group, expires="30d", rpm="60", budget="1.5", budget_period="day")
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+    first = _secret(created.text)
+    key = admin_get(gw, f"/keys/{name}").json()
+    assert key["limits"] == {"rpm": 60, "tpm": None, "budget": 1.5, "budget_micro": 1_500_000, "budget_period": "day"}
+    assert key["expires_at"] == pytest.approx(time.time() + 30 * 86400, abs=60)
+    assert first not in client.get(f"/ui/keys/{name}").text  # shown once, never again
+
+    assert post(f"/ui/keys/{name}/limits", rpm="", tpm="1,000", budget="", budget_period="total").status_code == 303
+    assert admin_get(gw, f"/keys/{name}").json()["limits"]["tpm"] == 1000
+    bad = post(f"/ui/keys/{name}/limits", rpm="lots")
+    assert bad.status_code == 400 and "'rpm' must be a whole number" in html.unescape(bad.text)
+    assert "Log out" in bad.text  # the refusal is a page of the console, still logged in
+    assert post(f"/ui/keys/{name}/expiry", expires="never").status_code == 303
+    assert admin_get(gw, f"/keys/{name}").json()["expires_at"] is None
+
+    rotated = post(f"/ui/keys/{name}/rotate")
+    second = _secret(rotated.text)
+    assert second != first and _chat(gw, first) == 401 and _chat(gw, second) == 200
+
+    assert post(f"/ui/groups/{group}/grants", model="demo").status_code == 303
+    assert post(f"/ui/groups/{group}/grants/delete", model="gpt-*").status_code == 303
+    assert admin_get(gw, f"/groups/{group}").json()["models"] == ["demo"]
+    dlp = {"request_action": "block", "request_detectors": ["email", "us_ssn"], "response_action": "off"}
+    assert post(f"/ui/groups/{group}/dlp", **dlp).status_code == 303
+    assert admin_get(gw, f"/groups/{group}").json()["dlp"] == {
+        "request": {"action": "block", "detectors": ["email", "us_ssn"]},
+        "response": None,
+    }
+    in_use = post(f"/ui/groups/{group}/delete")
+    assert in_use.status_code == 409 and "still has keys" in html.unescape(in_use.text)
+    actions = [e["action"] for e in audit(gw) if e["target"] in (group, name)]
+    assert {"key.create", "key.set_limits", "key.set_expiry", "key.rotate", "group.set_dlp"} <= set(actions)

@@ -122,7 +122,9 @@ class Console:
         session = await self.sessions.get(jar.get(COOKIE))
         if session is None:
             return self._signed_out(request, had_cookie=bool(jar.get(COOKIE)))
-        if method == "POST":
+        try:
+            if method == "GET":
+                return await self.pages.get(parts, query(request), session)
             data = await form(request) if same_origin(request) else None
             if data is None or not session.csrf_ok(first(data, "csrf")):
                 return self.render(
@@ -137,7 +139,9 @@ class Console:
             if parts == ["logout"]:
                 return await self._logout(request, session)
             return await self.actions.post(parts, data, session)
-        return await self.pages.get(parts, query(request), session)
+        except GatewayError as exc:  # the admin service's refusal, shown on a page of the console
+            return self.render("message.html", exc.status, session=session, title="Not done", message=exc.message,
+                               error=True)  # fmt: skip
 
     def _signed_out(self, request: Request, *, had_cookie: bool) -> Response:
         secure = self.secure(request)

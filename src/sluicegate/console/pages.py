@@ -73,12 +73,9 @@ class Pages:
         an = self.gw.analytics
         span = _range(q)
         ts = await an.timeseries("none", span)
-        by_model = await an.summary("model", span)
-        tops = {"model": by_model["data"][:5]}
-        for dim in ("key", "group"):
-            tops[dim] = (await an.summary(dim, span))["data"][:5]
+        figures = (await an.summary("none", span))["total"]
+        tops = {dim: (await an.top(dim, span))["data"] for dim in ("model", "key", "group")}
         t, b, total = ts["timestamps"], ts["bucket"], ts["total"]
-        figures = by_model["total"]
         graphs = [
             _bars("c-requests", "Requests", t, b, total["requests"], number(figures["requests"]), "requests"),
             _lines(

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..policies.ratelimit import Bucket, Limiter
+from ..errors import StoreUnavailable
+from ..policies.ratelimit import Bucket, Limiter, Verdict
 from ..storage.console_schema import console_sessions
 
 # last_seen is written at most this often (a page view is not a write), so idle expiry is this coarse.
@@ -123,10 +124,16 @@ class LoginGuard:
             Bucket(f"console:login:{client}", self._per_minute, 1, "requests"),
             Bucket("console:login:*", self._per_minute * 10, 1, "requests"),
         ]
-        verdict = await self._limiter.take(buckets, self._clock())
+        verdict = await self._take(buckets)
         return None if verdict.allowed else max(verdict.retry_after, 1.0)
 
     async def first_refusal(self, client: str) -> bool:
         """True once per client per minute: whether this refusal should be written to the audit chain."""
-        verdict = await self._limiter.take([Bucket(f"console:login-refused:{client}", 1, 1, "requests")], self._clock())
+        verdict = await self._take([Bucket(f"console:login-refused:{client}", 1, 1, "requests")])
         return verdict.allowed
+
+    async def _take(self, buckets: list[Bucket]) -> Verdict:
+        try:
+            return await self._limiter.take(buckets, self._clock())
+        except Exception as exc:  # Redis unreachable: no login rather than unlimited guessing
+            raise StoreUnavailable("Logging in is not possible right now: the login limiter is unreachable.") from exc

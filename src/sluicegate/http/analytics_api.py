@@ -2,6 +2,7 @@
 
     GET /admin/v1/usage/timeseries?by=model&bucket=1h&since=24h[&until=...][&top=8]
     GET /admin/v1/usage/summary?by=key&since=7d[&format=csv]
+    GET /admin/v1/usage/top?by=key&since=30d[&limit=5]        spend and requests of the biggest values only
     GET /admin/v1/usage/requests?limit=50[&before=CURSOR][&model=...][&key=...][&group=...][&status=error]
     GET /admin/v1/usage/requests/{id}
     GET /admin/v1/usage/upstreams?since=1h
@@ -50,6 +51,10 @@ async def dispatch(gw: Gateway, request: Request) -> None:
                     headers = {"content-disposition": f'attachment; filename="usage-by-{result["by"]}.csv"'}
                     await send_bytes(request.send, 200, body, b"text/csv; charset=utf-8", headers)
                     return
+            case ["top"]:
+                result = await analytics.top(
+                    q.get("by"), q.get("since"), q.get("until"), q.get("bucket"), q.get("limit")
+                )
             case ["requests"]:
                 result = await analytics.requests(
                     limit=q.get("limit"),

@@ -1,140 +1,87 @@
-"""Analytics over the usage ledger: time series and breakdowns from an hourly cube plus raw rows, the request log.
+"""Analytics over the usage ledger: time series and breakdowns from the cube plus raw rows, the request log.
 
-The cube (``usage_hourly``, see ``storage/console_schema.py``) holds complete UTC hours, rolled once they have
-settled (no request that started in them can still be running). A range is answered from the cube for the hours
-before the rollup mark and from raw ``usage`` rows after it, so a 30-day view reads a few thousand cube rows and
-about an hour of raw rows, however large the ledger. Both parts are grouped in SQL into (time bucket, value,
-histogram bucket) cells; Python only adds cells up. Hours count whole: a range that starts inside a rolled hour
-includes that entire hour, the same rule as ``usage_daily`` for days.
+A range is read in up to three parts: whole days before the rollup mark from the cube's day rows, the remaining
+rolled hours from its hour rows, and raw ``usage`` rows (by the ``created_at`` index) from the mark on. So a 30-day
+view reads about 30 rows per value plus a day of hour rows and an hour or so of raw rows, however large the
+ledger. Every part is grouped in SQL into (time bucket, value, histogram bucket) cells; Python only adds them up.
+Hours (and days) count whole: a range that starts inside a rolled hour includes that entire hour, the same rule
+as ``usage_daily`` for days. ``usage_cube.py`` builds the cube.
 
-Nothing here runs on the request path: the cube is built by a background task and read by the console and the
-analytics API. The group commit writes no extra index for it.
+Nothing here runs on the request path, and the group commit writes no extra index for it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    Integer,
-    Text,
-    and_,
-    case,
-    cast,
-    delete,
-    func,
-    insert,
-    literal_column,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import BigInteger, Float, Integer, Text, and_, cast, delete, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..storage.console_schema import (
-    BUCKETS,
-    CUBE_DIMENSIONS,
-    CUBE_SUMS,
-    HISTOGRAM_BOUNDS_MS,
-    LATENCY_COLUMNS,
-    TTFT_COLUMNS,
-    rollup_marks,
-    usage_hourly,
-)
+from ..storage.console_schema import CUBE_SUMS, LATENCY_COLUMNS, TTFT_COLUMNS, usage_hourly
 from ..storage.schema import audit_log, usage
+from .usage_cube import (
+    ALL_DIMENSIONS,
+    DAY,
+    EMPTY,
+    HOUR,
+    LATENCY_INDEX,
+    RAW_DIMENSIONS,
+    RAW_SUMS,
+    TTFT_INDEX,
+    ZERO,
+    Cell,
+    Raced,
+    hour_cells,
+    init_mark,
+    quantile,
+    read_mark,
+    varying,
+    write_hour,
+)
 
-HOUR = 3600
-HOURLY_MARK = "hourly"
-# Inline literals, not bound parameters: PostgreSQL must see the SELECT and GROUP BY expressions as identical.
-_EMPTY: ColumnElement[str] = literal_column("''")
-_ZERO: ColumnElement[int] = literal_column("0")
-# By model: the one that answered, else the one asked for (so failures and refusals count against a model).
-_RAW_DIMENSIONS: dict[str, ColumnElement[Any]] = {
-    "model": func.coalesce(usage.c.model, usage.c.requested_model),
-    "group": func.coalesce(usage.c.group_name, _EMPTY),
-    "key": usage.c.key_id,
-    "deployment": func.coalesce(usage.c.deployment, _EMPTY),
-}
+__all__ = ["DAY", "HOUR", "Cell", "Cells", "UsageAnalytics", "quantile"]
+
 _REQUEST_LOG_COLUMNS = [c for c in usage.c if c.name != "day"]
-
-
-def _num(value: float) -> ColumnElement[Any]:
-    return literal_column(repr(value))
-
-
-def _histogram_index(column: ColumnElement[Any]) -> ColumnElement[int]:
-    whens: list[tuple[Any, Any]] = [
-        (column < _num(float(bound)), literal_column(str(i))) for i, bound in enumerate(HISTOGRAM_BOUNDS_MS)
-    ]
-    return case(*whens, else_=literal_column(str(len(HISTOGRAM_BOUNDS_MS))))
-
-
-_LATENCY_INDEX = _histogram_index(usage.c.latency_ms)
-_TTFT_INDEX = _histogram_index(usage.c.ttft_ms)
-_ERROR = func.sum(case((usage.c.status >= 400, 1), else_=0))
-
-
-def quantile(histogram: Sequence[int], q: float) -> float | None:
-    """The ``q`` quantile (0-1) of a histogram over ``HISTOGRAM_BOUNDS_MS``, interpolated inside its bucket."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(histogram):
-        if count and seen + count >= rank:
-            low = float(HISTOGRAM_BOUNDS_MS[i - 1]) if i else 0.0
-            if i == len(HISTOGRAM_BOUNDS_MS):
-                return low  # the open top bucket: at least its lower bound
-            return low + (float(HISTOGRAM_BOUNDS_MS[i]) - low) * (rank - seen) / count
-        seen += count
-    return float(HISTOGRAM_BOUNDS_MS[-1])
-
-
-@dataclass(slots=True)
-class Cell:
-    """Counters (``CUBE_SUMS`` order) and the two histograms of one (time bucket, value)."""
-
-    sums: list[float] = field(default_factory=lambda: [0.0] * len(CUBE_SUMS))
-    latency: list[int] = field(default_factory=lambda: [0] * BUCKETS)
-    ttft: list[int] = field(default_factory=lambda: [0] * BUCKETS)
-
-    def merge(self, other: Cell) -> None:
-        for i, v in enumerate(other.sums):
-            self.sums[i] += v
-        for i, n in enumerate(other.latency):
-            self.latency[i] += n
-        for i, n in enumerate(other.ttft):
-            self.ttft[i] += n
-
-    def figures(self) -> dict[str, Any]:
-        s = dict(zip(CUBE_SUMS, self.sums, strict=True))
-        requests = int(s["requests"])
-        return {
-            "requests": requests,
-            "errors": int(s["errors"]),
-            "error_rate": s["errors"] / requests if requests else None,
-            "prompt_tokens": int(s["prompt_tokens"]),
-            "cached_tokens": int(s["cached_tokens"]),
-            "completion_tokens": int(s["completion_tokens"]),
-            "reasoning_tokens": int(s["reasoning_tokens"]),
-            "cost_micro": int(s["cost_micro"]),
-            "latency_avg_ms": s["latency_ms_sum"] / requests if requests else None,
-            "latency_p50_ms": quantile(self.latency, 0.5),
-            "latency_p95_ms": quantile(self.latency, 0.95),
-            "ttft_p50_ms": quantile(self.ttft, 0.5),
-            "ttft_p95_ms": quantile(self.ttft, 0.95),
-        }
-
+_CUBE_COLUMNS = (*CUBE_SUMS, *LATENCY_COLUMNS, *TTFT_COLUMNS)
 
 Cells = dict[tuple[int, str], Cell]  # (time bucket start, or 0 for a whole range; value) -> cell
+
+
+def _cube_sum(name: str) -> ColumnElement[Any]:
+    # Cast: PostgreSQL sums bigints as numeric, which the driver would turn into slow Decimals.
+    return cast(func.sum(getattr(usage_hourly.c, name)), Float if name.endswith("_sum") else BigInteger)
+
+
+def _int(n: int) -> ColumnElement[Any]:
+    return literal_column(str(int(n)))  # inline, so SELECT and GROUP BY render the same expression
+
+
+def parts(mark: float | None, start: float, end: float, bucket: int | None) -> Iterator[tuple[str, float, float]]:
+    """The (source, from, to) parts of a range: cube ``hour`` and ``day`` rows before the mark, ``raw`` rows after.
+
+    The cube serves ranges that start on an hour and are bucketed by whole hours; day rows serve the whole days
+    inside a range that is not bucketed, or bucketed by whole days.
+    """
+    edge = start
+    if mark is not None and start % HOUR == 0 and (bucket is None or bucket % HOUR == 0):
+        if bucket is None or bucket % DAY == 0:
+            first_day = -(-start // DAY) * DAY
+            days_end = min(mark // DAY * DAY, end)
+            if first_day < days_end:
+                if edge < first_day:
+                    yield "hour", edge, first_day
+                yield "day", first_day, days_end
+                edge = days_end
+        hours_end = min(mark, end)
+        if hours_end > edge:
+            yield "hour", edge, hours_end
+            edge = hours_end
+    if end > edge:
+        yield "raw", edge, end
 
 
 class UsageAnalytics:
@@ -147,119 +94,122 @@ class UsageAnalytics:
     async def hourly_mark(self) -> float | None:
         """The first hour not in the cube (epoch seconds), or None before the first rollup."""
         async with self._engine.connect() as conn:
-            return await conn.run_sync(_mark)
+            return await conn.run_sync(read_mark)
 
     async def rollup_hours(self, now: float | None = None, settle: float = 900.0) -> list[int]:
         """Roll every complete hour that ended at least ``settle`` seconds ago into the cube, oldest first.
 
-        Each hour is read in its own read transaction, then written (delete, insert, move the mark) in a short
-        write transaction guarded by the mark it expects, so replicas racing for an hour roll it once and a
-        SQLite writer never holds the lock while the hour is aggregated. Returns the hours rolled.
+        Returns the hours rolled (those with rows); stops where another process rolled an hour first.
         """
         now = time.time() if now is None else now
         ready = int((now - settle) // HOUR) * HOUR  # hours before this one have settled
         rolled: list[int] = []
         async with self._engine.begin() as conn:
-            mark = await conn.run_sync(_init_mark, now)
+            mark = await conn.run_sync(init_mark, now)
         while mark < ready:
             async with self._engine.connect() as conn:
-                cells, following = await conn.run_sync(_hour_cells, int(mark), ready)
+                cells, following = await hour_cells(conn, int(mark), ready)
             try:
                 async with self._engine.begin() as conn:
-                    await conn.run_sync(_write_hour, int(mark), cells, following)
-            except _Raced:
-                break  # another process rolled it first; it carries on from there
+                    await conn.run_sync(write_hour, int(mark), cells, following)
+            except Raced:
+                break  # the other process carries on from there
             if cells:
                 rolled.append(int(mark))
             mark = following
         return rolled
 
     async def prune_hours(self, before: float) -> int:
+        c = usage_hourly.c
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                delete(usage_hourly).where(usage_hourly.c.dim.in_(CUBE_DIMENSIONS), usage_hourly.c.hour < before)
-            )
+            result = await conn.execute(delete(usage_hourly).where(c.dim.in_(ALL_DIMENSIONS), c.hour < before))
             return int(result.rowcount or 0)
 
-    async def cells(self, dim: str | None, start: float, end: float, bucket: int | None) -> Cells:
-        """Cells of ``[start, end)`` by ``dim`` (None: one value ``""``), per ``bucket`` seconds or for the whole range.
-
-        Ranges that start on an hour and use buckets of whole hours (or none) read the cube for rolled hours.
-        """
+    async def cells(
+        self,
+        dim: str | None,
+        start: float,
+        end: float,
+        bucket: int | None,
+        values: Sequence[str] | None = None,
+    ) -> Cells:
+        """Cells of ``[start, end)`` by ``dim`` (None: one value ``""``), per ``bucket`` seconds or for the whole
+        range; for every value of ``dim``, or only ``values``."""
         out: Cells = {}
+        c = usage_hourly.c
         async with self._engine.connect() as conn:
-            raw_from = start
-            whole_hours = start % HOUR == 0 and (bucket is None or bucket % HOUR == 0)
-            if whole_hours:
-                mark = await conn.run_sync(_mark)
-                if mark is not None and mark > start:
-                    for row in await conn.execute(self._cube_query(dim, start, min(mark, end), bucket)):
-                        cell = out.setdefault((int(row[0]) * (bucket or 0), row[1]), Cell())
-                        values = row[2:]
-                        n = len(CUBE_SUMS)
-                        for i in range(n):
-                            cell.sums[i] += float(values[i] or 0)
-                        for i in range(BUCKETS):
-                            cell.latency[i] += int(values[n + i] or 0)
-                            cell.ttft[i] += int(values[n + BUCKETS + i] or 0)
-                    raw_from = max(start, mark)
-            if raw_from < end:
-                await self._raw_cells(conn, out, dim, raw_from, end, bucket)
+            mark = await conn.run_sync(read_mark)
+            for source, lo, hi in parts(mark, start, end, bucket):
+                if source == "raw":
+                    await self._raw_cells(conn, out, dim, lo, hi, bucket, values)
+                    continue
+                tb = (c.hour / _int(bucket)) if bucket else ZERO
+                value: ColumnElement[Any] = c.value if dim else EMPTY
+                cube_dim = (dim or "model") + (":day" if source == "day" else "")
+                stmt = select(tb, value, *(_cube_sum(n) for n in _CUBE_COLUMNS)).where(
+                    c.dim == cube_dim, c.hour >= int(lo), c.hour < hi
+                )
+                if dim and values is not None:
+                    stmt = stmt.where(c.value.in_(values))
+                for row in await conn.execute(stmt.group_by(*varying(tb, value))):
+                    out.setdefault((int(row[0]) * (bucket or 0), row[1]), Cell()).add_cube_row(row[2:])
         return out
 
-    def _cube_query(self, dim: str | None, start: float, end: float, bucket: int | None) -> Any:
-        c = usage_hourly.c
-        tb: ColumnElement[Any] = (c.hour / literal_column(str(bucket))) if bucket else _ZERO
-        value: ColumnElement[Any] = c.value if dim else _EMPTY
-        sums = [func.sum(getattr(c, name)) for name in (*CUBE_SUMS, *LATENCY_COLUMNS, *TTFT_COLUMNS)]
-        return (
-            select(tb, value, *sums)
-            .where(c.dim == (dim or "model"), c.hour >= int(start), c.hour < end)
-            .group_by(*_varying(tb, value))
-        )
+    async def ranking(self, dim: str, start: float, end: float) -> dict[str, tuple[int, int]]:
+        """(micro-credits, requests) per value of ``dim`` over the range: which values a chart shows."""
+        out: dict[str, tuple[int, int]] = {}
+        c, u = usage_hourly.c, usage.c
+        async with self._engine.connect() as conn:
+            mark = await conn.run_sync(read_mark)
+            for source, lo, hi in parts(mark, start, end, None):
+                if source == "raw":
+                    value = RAW_DIMENSIONS[dim]
+                    stmt = select(value, cast(func.sum(u.cost_micro), BigInteger), func.count())
+                    stmt = stmt.where(u.created_at >= lo, u.created_at < hi).group_by(value)
+                else:
+                    cube_dim = dim + (":day" if source == "day" else "")
+                    stmt = select(c.value, _cube_sum("cost_micro"), _cube_sum("requests"))
+                    stmt = stmt.where(c.dim == cube_dim, c.hour >= int(lo), c.hour < hi).group_by(c.value)
+                for name, cost, requests in await conn.execute(stmt):
+                    old = out.get(name or "", (0, 0))
+                    out[name or ""] = (old[0] + int(cost or 0), old[1] + int(requests or 0))
+        return out
 
     def _time_bucket(self, bucket: int | None) -> ColumnElement[Any]:
         if not bucket:
-            return _ZERO
-        quotient = usage.c.created_at / literal_column(f"{bucket}.0")
+            return ZERO
+        quotient = usage.c.created_at / literal_column(f"{int(bucket)}.0")
         return cast(func.floor(quotient), BigInteger) if self._pg else cast(quotient, Integer)
 
     async def _raw_cells(
-        self, conn: Any, out: Cells, dim: str | None, start: float, end: float, bucket: int | None
+        self,
+        conn: Any,
+        out: Cells,
+        dim: str | None,
+        start: float,
+        end: float,
+        bucket: int | None,
+        values: Sequence[str] | None,
     ) -> None:
         u = usage.c
         tb = self._time_bucket(bucket)
-        value = _RAW_DIMENSIONS[dim] if dim else _EMPTY
+        value = RAW_DIMENSIONS[dim] if dim else EMPTY
         span = and_(u.created_at >= start, u.created_at < end)
-        main = (
-            select(
-                tb,
-                value,
-                _LATENCY_INDEX,
-                func.count(),
-                _ERROR,
-                func.sum(u.prompt_tokens),
-                func.sum(u.cached_tokens),
-                func.sum(u.completion_tokens),
-                func.sum(u.reasoning_tokens),
-                func.sum(u.cost_micro),
-                func.sum(u.latency_ms),
-            )
-            .where(span)
-            .group_by(*_varying(tb, value, _LATENCY_INDEX))
-        )
+        if dim and values is not None:
+            span = and_(span, value.in_(values))
+        main = select(tb, value, LATENCY_INDEX, *RAW_SUMS).where(span).group_by(*varying(tb, value, LATENCY_INDEX))
         for row in await conn.execute(main):
-            cell = out.setdefault((int(row[0]) * (bucket or 0), row[1]), Cell())
+            cell = out.setdefault((int(row[0]) * (bucket or 0), row[1] or ""), Cell())
             for i in range(8):
                 cell.sums[i] += float(row[3 + i] or 0)
             cell.latency[int(row[2])] += int(row[3])
         ttft = (
-            select(tb, value, _TTFT_INDEX, func.count(), func.sum(u.ttft_ms))
+            select(tb, value, TTFT_INDEX, func.count(), func.sum(u.ttft_ms))
             .where(span, u.ttft_ms.is_not(None))
-            .group_by(*_varying(tb, value, _TTFT_INDEX))
+            .group_by(*varying(tb, value, TTFT_INDEX))
         )
         for row in await conn.execute(ttft):
-            cell = out.setdefault((int(row[0]) * (bucket or 0), row[1]), Cell())
+            cell = out.setdefault((int(row[0]) * (bucket or 0), row[1] or ""), Cell())
             cell.sums[8] += int(row[3])
             cell.sums[9] += float(row[4] or 0)
             cell.ttft[int(row[2])] += int(row[3])
@@ -352,103 +302,8 @@ class UsageAnalytics:
         return out
 
 
-def _varying(*columns: ColumnElement[Any]) -> list[ColumnElement[Any]]:
-    """The GROUP BY terms: constants are left out (SQLite reads ``GROUP BY 0`` as a column position)."""
-    return [c for c in columns if c is not _ZERO and c is not _EMPTY]
-
-
 def _plain(mapping: Any) -> dict[str, Any]:
     out = {str(k): v for k, v in mapping.items()}
     if isinstance(out.get("attempts"), str | bytes):
         out["attempts"] = orjson.loads(out["attempts"])
     return out
-
-
-def _mark(conn: Connection) -> float | None:
-    value = conn.execute(select(rollup_marks.c.value).where(rollup_marks.c.name == HOURLY_MARK)).scalar()
-    return float(value) if value is not None else None
-
-
-def _init_mark(conn: Connection, now: float) -> float:
-    """The mark, created on first use at the hour of the oldest raw row (or the current hour)."""
-    mark = _mark(conn)
-    if mark is not None:
-        return mark
-    oldest = conn.execute(select(func.min(usage.c.created_at))).scalar()
-    start = float(int((oldest if oldest is not None else now) // HOUR) * HOUR)
-    conn.execute(insert(rollup_marks).values(name=HOURLY_MARK, value=start))
-    return start
-
-
-def _hour_cells(conn: Connection, hour: int, ready: int) -> tuple[dict[tuple[str, str], Cell], int]:
-    """The cube rows of one hour, and the next hour to roll (skipping hours without rows, up to ``ready``)."""
-    u = usage.c
-    span = and_(u.created_at >= hour, u.created_at < hour + HOUR)
-    dims = (_RAW_DIMENSIONS["model"], _RAW_DIMENSIONS["group"], u.key_id, _RAW_DIMENSIONS["deployment"])
-    cells: dict[tuple[str, str], Cell] = {}
-
-    def targets(row: Sequence[Any]) -> list[Cell]:
-        return [cells.setdefault((dim, row[i] or ""), Cell()) for i, dim in enumerate(CUBE_DIMENSIONS)]
-
-    main = (
-        select(
-            *dims,
-            _LATENCY_INDEX,
-            func.count(),
-            _ERROR,
-            func.sum(u.prompt_tokens),
-            func.sum(u.cached_tokens),
-            func.sum(u.completion_tokens),
-            func.sum(u.reasoning_tokens),
-            func.sum(u.cost_micro),
-            func.sum(u.latency_ms),
-        )
-        .where(span)
-        .group_by(*dims, _LATENCY_INDEX)
-    )
-    for row in conn.execute(main):
-        for cell in targets(row):
-            for i in range(8):
-                cell.sums[i] += float(row[5 + i] or 0)
-            cell.latency[int(row[4])] += int(row[5])
-    ttft = (
-        select(*dims, _TTFT_INDEX, func.count(), func.sum(u.ttft_ms))
-        .where(span, u.ttft_ms.is_not(None))
-        .group_by(*dims, _TTFT_INDEX)
-    )
-    for row in conn.execute(ttft):
-        for cell in targets(row):
-            cell.sums[8] += int(row[5])
-            cell.sums[9] += float(row[6] or 0)
-            cell.ttft[int(row[4])] += int(row[5])
-    following = hour + HOUR
-    if not cells:
-        nxt = conn.execute(select(func.min(u.created_at)).where(u.created_at >= following)).scalar()
-        following = min(ready, int(nxt // HOUR) * HOUR) if nxt is not None else ready
-    return cells, max(following, hour + HOUR)
-
-
-def _write_hour(conn: Connection, hour: int, cells: dict[tuple[str, str], Cell], following: int) -> None:
-    c = usage_hourly.c
-    conn.execute(delete(usage_hourly).where(c.dim.in_(CUBE_DIMENSIONS), c.hour == hour))
-    if cells:
-        rows = []
-        for (dim, value), cell in cells.items():
-            row: dict[str, Any] = {"dim": dim, "hour": hour, "value": value}
-            for name, v in zip(CUBE_SUMS, cell.sums, strict=True):
-                row[name] = v if name.endswith("_sum") else int(v)
-            row.update(zip(LATENCY_COLUMNS, cell.latency, strict=True))
-            row.update(zip(TTFT_COLUMNS, cell.ttft, strict=True))
-            rows.append(row)
-        conn.execute(insert(usage_hourly), rows)
-    moved = conn.execute(
-        update(rollup_marks)
-        .where(rollup_marks.c.name == HOURLY_MARK, rollup_marks.c.value == float(hour))
-        .values(value=float(following))
-    )
-    if moved.rowcount != 1:
-        raise _Raced()  # rolls the transaction back: another process rolled this hour
-
-
-class _Raced(Exception):
-    pass

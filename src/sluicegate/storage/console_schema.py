@@ -41,7 +41,7 @@ CUBE_SUMS = (
 usage_hourly = Table(
     "usage_hourly",
     metadata,
-    Column("dim", String(12), nullable=False),
+    Column("dim", String(20), nullable=False),  # a dimension, or "<dimension>:day" for a whole day's row
     Column("hour", BigInteger, nullable=False),  # epoch seconds of the hour's start (UTC)
     Column("value", String(300), nullable=False),  # "" when the request had none (no model answered, no group)
     *(Column(name, Float if name.endswith("_sum") else BigInteger, nullable=False) for name in CUBE_SUMS),

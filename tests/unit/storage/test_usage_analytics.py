@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from sluicegate.admin import Admin
+from sluicegate.analytics import Analytics
+from sluicegate.identity import LocalBus
 from sluicegate.metering.record import Attempt, RequestRecord
-from sluicegate.metering.usage_analytics import HOUR, Cell, UsageAnalytics, quantile
+from sluicegate.metering.usage_analytics import DAY, HOUR, Cell, UsageAnalytics, quantile
 from sluicegate.metering.usage_store import UsageStore, usage_row
-from sluicegate.storage.console_schema import HISTOGRAM_BOUNDS_MS, usage_hourly
+from sluicegate.storage.console_schema import CUBE_DIMENSIONS, HISTOGRAM_BOUNDS_MS, usage_hourly
 from sluicegate.storage.db import create_engine
+from sluicegate.storage.identity import IdentityStore
 from sluicegate.storage.migrations import migrate
 from sluicegate.types import Usage
 from tests.support.databases import database_url
@@ -161,7 +165,8 @@ async def test_an_unsettled_hour_waits_and_empty_hours_are_skipped(stores: Store
 
 async def _cube_hours(stores: Stores) -> list[int]:
     async with stores.analytics._engine.connect() as conn:
-        rows = await conn.execute(select(usage_hourly.c.hour).distinct().order_by(usage_hourly.c.hour))
+        hourly = usage_hourly.c.dim.in_(CUBE_DIMENSIONS)
+        rows = await conn.execute(select(usage_hourly.c.hour).where(hourly).distinct().order_by(usage_hourly.c.hour))
         assert (await conn.execute(select(func.count()).select_from(usage_hourly))).scalar_one() > 0
         return [int(h) for (h,) in rows]
 
@@ -207,3 +212,40 @@ def test_quantiles_interpolate_inside_a_bucket() -> None:
     assert quantile(histogram, 0.5) == pytest.approx(87.5)
     histogram[-1] = 90  # ninety above the top bound
     assert quantile(histogram, 0.95) == HISTOGRAM_BOUNDS_MS[-1]
+
+
+async def test_day_rows_serve_whole_days_and_agree_with_the_raw_rows(stores: Stores) -> None:
+    records = await load(stores, hours=100, per_hour=12)  # four days and a bit
+    await stores.analytics.rollup_hours(now=NOW, settle=600)
+    async with stores.analytics._engine.connect() as conn:
+        days = (await conn.execute(select(usage_hourly.c.hour).where(usage_hourly.c.dim == "key:day"))).scalars()
+        assert sorted(set(days)) == sorted({int(r.started_at) // DAY * DAY for r in records} - {NOW // DAY * DAY})
+    first_day = NOW // DAY * DAY - 3 * DAY
+    for start, bucket in ((first_day, DAY), (first_day, None), (first_day - 5 * HOUR, None)):
+        got = await stores.analytics.cells("key", start, NOW + 1, bucket)
+        if bucket is None:
+            assert comparable({v: c for (_, v), c in got.items()}) == comparable(
+                expected(records, start, NOW + 1, "key")
+            )
+        else:
+            for day in range(int(first_day), int(NOW), DAY):
+                per_day = {v: c for (t, v), c in got.items() if t == day}
+                assert comparable(per_day) == comparable(expected(records, day, day + DAY, "key"))
+    ranking = await stores.analytics.ranking("model", first_day - 5 * HOUR, NOW + 1)
+    want = expected(records, first_day - 5 * HOUR, NOW + 1, "model")
+    assert ranking == {v: (int(c.sums[6]), int(c.sums[0])) for v, c in want.items()}
+
+
+async def test_a_chart_shows_the_top_values_and_the_rest_as_other(stores: Stores) -> None:
+    records = await load(stores, hours=30)
+    await stores.analytics.rollup_hours(now=NOW, settle=600)
+    service = Analytics(stores.analytics, Admin(IdentityStore(stores.analytics._engine), LocalBus()))
+    until = NOW
+    ts = await service.timeseries("model", NOW - 24 * HOUR, until, "1h", top=1)
+    (top, other) = ts["series"]
+    shown = [r for r in records if r.started_at >= ts["since"]]
+    spend = {m: sum(r.cost_micro for r in shown if (r.model or r.requested_model) == m) for m in ("m1", "m2", "m3")}
+    assert top["key"] == max(spend, key=lambda m: spend[m]) and other["label"] == "(other: 2)"
+    for field in ("requests", "errors", "cost_micro", "prompt_tokens"):
+        assert [a + b for a, b in zip(top[field], other[field], strict=True)] == ts["total"][field]
+    assert sum(ts["total"]["requests"]) == sum(1 for r in records if ts["since"] <= r.started_at < until)

@@ -19,7 +19,7 @@ from sluicegate.storage.migrations import migrate
 from sluicegate.types import Usage
 from tests.conftest import TEST_TIMEOUTS
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.console import console_gateway
+from tests.support.console import console_gateway, login
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
 
@@ -203,3 +203,25 @@ def test_a_ledger_with_history_is_rolled_into_the_cube_and_reads_the_same(
                 per_hour[int(r.started_at // HOUR * HOUR)] = per_hour.get(int(r.started_at // HOUR * HOUR), 0) + 1
             got = {t: n for t, n in zip(hourly["timestamps"], model["requests"], strict=True) if n}
             assert got == per_hour
+
+
+def test_a_request_shows_its_prompt_only_when_prompt_logging_is_on(
+    gw: GatewayProcess, traffic: dict[str, Any], upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Off (the module's gateway): neither the API nor the console page holds the prompt's text.
+    row = api(gw, "requests", key=traffic["key"]["name"], limit=1).json()["data"][0]
+    assert api(gw, f"requests/{row['id']}").json()["audit"] is None
+    page = login(gw).get(f"/ui/requests/{row['id']}").text
+    assert "Prompt logging is off" in page and "scenario:status:500" not in page and '"hi"' not in page
+
+    logging_on = {**config(upstream.url), "metering": {"audit_prompts": True}}
+    with console_gateway(logging_on, tmp_path_factory.mktemp("prompts")) as g:
+        body = {"model": "gpt-test", "messages": [{"role": "user", "content": "the plan for bluebird"}],
+                "metadata": {"ticket": "T-42"}}  # fmt: skip
+        r = httpx.post(g.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {g.key}"})
+        assert r.status_code == 200
+        (row,) = api(g, "requests", limit=5).json()["data"]
+        detail = api(g, f"requests/{row['id']}").json()
+        assert "the plan for bluebird" in detail["audit"]["payload"]["prompt"]
+        page = login(g).get(f"/ui/requests/{row['id']}").text
+        assert "the plan for bluebird" in page and "ticket=T-42" in page

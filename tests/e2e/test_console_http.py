@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import pathlib
 import re
 import time
 import uuid
@@ -13,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sluicegate.app import App
+from sluicegate.config import GatewayConfig
+from sluicegate.settings import Settings
 from tests.conftest import TEST_TIMEOUTS
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.console import (
@@ -226,3 +230,27 @@ def test_the_key_and_group_forms_make_the_same_changes_as_the_api(gw: GatewayPro
     assert in_use.status_code == 409 and "still has keys" in html.unescape(in_use.text)
     actions = [e["action"] for e in audit(gw) if e["target"] in (group, name)]
     assert {"key.create", "key.set_limits", "key.set_expiry", "key.rotate", "group.set_dlp"} <= set(actions)
+
+
+async def test_the_session_cookie_is_secure_when_the_request_came_over_tls(
+    upstream: FakeOpenAI, tmp_path: pathlib.Path
+) -> None:
+    """In process, through httpx's ASGI transport, which gives the app the scheme of the URL it was asked for."""
+    settings = Settings(
+        config_path=None,
+        database_url=f"sqlite:///{tmp_path / 'tls.db'}",
+        redis_url=None,
+        master_key="sk-tls-master",
+        data_dir=str(tmp_path),
+    )
+    app = App(settings, GatewayConfig.model_validate(config(upstream.url)))
+    await app.gateway.open_store()  # the store and services the console uses (no upstream traffic here)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        for scheme, secure in (("https", True), ("http", False)):
+            async with httpx.AsyncClient(transport=transport, base_url=f"{scheme}://console.test") as client:
+                r = await client.post("/ui/login", data={"master_key": "sk-tls-master"})
+                assert r.status_code == 303
+                assert ("; Secure" in r.headers["set-cookie"]) is secure
+    finally:
+        await app.gateway.close_store()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import pathlib
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -254,3 +257,19 @@ async def test_the_session_cookie_is_secure_when_the_request_came_over_tls(
                 assert ("; Secure" in r.headers["set-cookie"]) is secure
     finally:
         await app.gateway.close_store()
+
+
+def test_key_expiry_is_set_the_same_way_by_the_api_and_the_cli(gw: GatewayProcess) -> None:
+    auth = {"Authorization": f"Bearer {gw.key}"}
+    group, name = "g-" + uuid.uuid4().hex[:8], "k-" + uuid.uuid4().hex[:8]
+    httpx.post(gw.url + "/admin/v1/groups", json={"name": group, "models": ["*"]}, headers=auth).raise_for_status()
+    httpx.post(gw.url + "/admin/v1/keys", json={"name": name, "group": group}, headers=auth).raise_for_status()
+    env = {k: v for k, v in gw.env.items() if k != "SLUICEGATE_CONFIG"}
+    out = subprocess.run([sys.executable, "-m", "sluicegate", "keys", "expire", name, "2d", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert json.loads(out.stdout)["expires_at"] == pytest.approx(time.time() + 2 * 86400, abs=60)
+    url = f"{gw.url}/admin/v1/keys/{name}/expiry"
+    assert httpx.put(url, json={"expires": None}, headers=auth).json()["expires_at"] is None
+    bad = httpx.put(url, json={"expires": "yesterday"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires"
+    assert any(e["action"] == "key.set_expiry" and e["target"] == name for e in audit(gw))

@@ -273,3 +273,16 @@ def test_key_expiry_is_set_the_same_way_by_the_api_and_the_cli(gw: GatewayProces
     bad = httpx.put(url, json={"expires": "yesterday"}, headers=auth)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires"
     assert any(e["action"] == "key.set_expiry" and e["target"] == name for e in audit(gw))
+
+
+def test_usage_exports_are_the_analytics_summary(gw: GatewayProcess) -> None:
+    client = login(gw)
+    assert _chat(gw, gw.key) == 200
+    exported = client.get("/ui/usage/export.json?by=model&range=24h")
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/json"
+    assert 'filename="sluicegate-usage-by-model-24h.json"' in exported.headers["content-disposition"]
+    api = admin_get(gw, "/usage/summary", by="model", since="24h").json()
+    assert exported.json()["data"] == api["data"] and any(r["key"] == "gpt-test" for r in api["data"])
+    table = client.get("/ui/usage/export.csv?by=model&range=24h")
+    assert table.headers["content-type"].startswith("text/csv") and table.text.startswith("key,label,requests")
+    assert httpx.get(gw.url + "/ui/usage/export.csv").status_code == 303  # no session: to the login

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,11 @@ def page(context: BrowserContext) -> Page:
 def shot(page: Page, name: str, **options: Any) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / f"{name}.png", full_page=True, **options)
+
+
+def _key(gw: GatewayProcess, name: str) -> dict[str, Any]:
+    r = httpx.get(f"{gw.url}/admin/v1/keys/{name}", headers={"Authorization": f"Bearer {gw.key}"})
+    return dict(r.json())
 
 
 def sdk(gw: GatewayProcess, key: str) -> openai.OpenAI:
@@ -172,9 +178,14 @@ def test_create_a_key_use_it_with_the_sdk_then_revoke_it(page: Page, gw: Gateway
         answer = client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
 
+    # Last use is written in batches every few seconds (never on the request path): wait for it.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not _key(gw, "ci-key")["last_used_at"]:
+        time.sleep(0.2)
     page.goto("/ui/keys")
     row = page.locator("tr[data-key='ci-key']")
     expect(row).to_contain_text("active")
+    expect(row.locator("time")).not_to_have_text("never")
     expect(row.locator("meter")).to_have_attribute("aria-label", "0.021 of 20 credits spent (total)")
     shot(page, "keys")
     assert secret not in page.content()  # never shown again

@@ -13,12 +13,13 @@ import logging
 import signal
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import Admin
+from .analytics import Analytics
 from .config import GatewayConfig, ModelConfig, load_config
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http.asgi import Receive, Request, Scope, Send, send_error
@@ -31,6 +32,7 @@ from .identity import KeyAuthenticator, LocalBus, MasterKeyAuthenticator, RedisB
 from .metering.audit import AuditEntry
 from .metering.recorder import AuditSink, MeteringSink, UsageRecorder
 from .metering.tokens import TokenCounter
+from .metering.usage_analytics import UsageAnalytics
 from .metering.usage_store import UsageStore
 from .observability import Observability
 from .policies.base import Policy, PolicyChain
@@ -49,6 +51,9 @@ from .settings import Settings
 from .storage.db import create_engine
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate
+
+if TYPE_CHECKING:
+    from .console.app import Console
 
 log = logging.getLogger("sluicegate")
 LAST_USED_FLUSH_SECONDS = 5.0
@@ -89,6 +94,8 @@ class Gateway:
         self.authenticator: KeyAuthenticator
         self.bus: LocalBus
         self.admin: Admin
+        self.analytics: Analytics
+        self.console: Console | None = None  # the web console, built on its first request (console/__init__.py)
         self.identity: IdentityStore
 
     async def open_store(self) -> None:
@@ -110,6 +117,8 @@ class Gateway:
             self.bus = LocalBus(self.authenticator)
         self.usage = UsageStore(self.engine)
         self.admin = Admin(self.identity, self.bus, AuditSink(self._write_audit), self.usage)
+        prompts = self.config.metering.audit_prompts
+        self.analytics = Analytics(UsageAnalytics(self.engine), self.admin, prompts_logged=prompts)
 
     async def _write_audit(self, entry: AuditEntry) -> None:
         """Admin actions from a process without a recorder (the CLI) go straight to the store."""
@@ -137,6 +146,7 @@ class Gateway:
         self.admin.set_audit(AuditSink(self.recorder.audit))
         self._tasks.append(loop.create_task(self._flush_last_used()))
         self._tasks.append(loop.create_task(self._rollups()))
+        self._tasks.append(loop.create_task(self.analytics.keep_rolling(self.config)))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
         openai = OpenAICompatProvider(self.session)

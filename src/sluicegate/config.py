@@ -227,6 +227,19 @@ class LimitsConfig(_Strict):
     budget_hold_grace: float = Field(default=60.0, gt=0)
 
 
+class ConsoleConfig(_Strict):
+    """The admin web console at /ui (docs/console.md)."""
+
+    enabled: bool = True
+    # A session ends after this many seconds without a page view, and in any case this long after login.
+    session_idle: float = Field(default=1800.0, gt=0)
+    session_max: float = Field(default=43_200.0, gt=0)
+    # Login attempts per minute per client address (and ten times that from all clients together).
+    login_attempts_per_minute: int = Field(default=5, ge=1, le=1000)
+    # Secure cookie flag: null sets it when the request came over TLS; true when TLS ends at a proxy.
+    secure_cookie: bool | None = None
+
+
 class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     server: ServerConfig = ServerConfig()
@@ -238,6 +251,7 @@ class GatewayConfig(_Strict):
     # Data loss prevention defaults (groups may override a direction); absent = no scanning.
     dlp: DlpConfig = DlpConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @field_validator("models")
     @classmethod

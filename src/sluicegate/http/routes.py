@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import admin_api, health, metrics_api, openai_api
+from .. import console
+from . import admin_api, analytics_api, health, metrics_api, openai_api
 from .asgi import Request
 
 if TYPE_CHECKING:
@@ -24,8 +25,16 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 # Path prefixes whose handler routes the rest itself (paths with parameters), and the methods it may accept.
-PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = ((admin_api.PREFIX, admin_api.dispatch),)
-PREFIX_METHODS = {admin_api.PREFIX: ("DELETE", "GET", "PATCH", "POST", "PUT")}
+PREFIX_ROUTES: tuple[tuple[str, Handler], ...] = (
+    (analytics_api.PREFIX, analytics_api.dispatch),  # before admin_api's, whose prefix contains it
+    (admin_api.PREFIX, admin_api.dispatch),
+    (console.PREFIX, console.dispatch),
+)
+PREFIX_METHODS = {
+    analytics_api.PREFIX: ("GET",),
+    admin_api.PREFIX: ("DELETE", "GET", "PATCH", "POST", "PUT"),
+    console.PREFIX: ("GET", "POST"),
+}
 
 # Handlers that put the request id on their responses themselves (the hot path: no send wrapper).
 OWN_REQUEST_ID = frozenset({openai_api.chat_completions, openai_api.list_models})

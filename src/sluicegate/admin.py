@@ -173,6 +173,10 @@ class Admin:
         if self._audit is not None:
             await self._audit.admin_action(actor, action, target, details)
 
+    async def audit_action(self, actor: str, action: str, target: str, **details: Any) -> None:
+        """Record an admin-side event that is not a change made here (console logins) in the same chain."""
+        await self._record(actor, action, target, **details)
+
     # groups
 
     async def create_group(self, name: Any, models: Any, actor: str = "admin") -> dict[str, Any]:
@@ -316,6 +320,15 @@ class Admin:
         await self._record(actor, "key.set_limits", row.name, **limits_view(limits))
         return key_view(await self.key(row.id))
 
+    async def set_key_expiry(self, ref: str, expires: Any, actor: str = "admin") -> dict[str, Any]:
+        """A new expiry (future epoch time or duration such as ``30d``), or ``None`` for no expiry."""
+        row = await self.key(ref)
+        expiry = _expiry(expires)
+        await self._store.set_key_expiry(row.id, expiry)
+        await self._bus.key_changed(row.id)
+        await self._record(actor, "key.set_expiry", row.name, expires_at=expiry)
+        return key_view(await self.key(row.id))
+
     # usage and audit
 
     def _usage_store(self) -> UsageStore:
@@ -332,10 +345,11 @@ class Admin:
             row["cost"] = float(Decimal(row["cost_micro"]) / 1_000_000)
         return rows
 
-    async def audit_entries(self, limit: int, kind: str | None) -> list[dict[str, Any]]:
+    async def audit_entries(self, limit: int, kind: str | None, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``before``: only entries with a lower sequence number (the next page)."""
         if kind is not None and kind not in AUDIT_KINDS:
             raise InvalidRequest(f"'kind' must be one of {', '.join(AUDIT_KINDS)}", param="kind")
-        rows = await self._usage_store().audit_entries(limit, kind)
+        rows = await self._usage_store().audit_entries(limit, kind, before)
         for row in rows:
             # Stored as the canonical JSON the hash covers; callers get the object, not JSON inside a string.
             row["payload"] = orjson.loads(row["payload"])

@@ -18,13 +18,17 @@ from typing import Any
 
 import aiohttp
 
+from .analytics import Analytics
+from .asgi import Receive, Request, Scope, Send, send_error
 from .config import GatewayConfig, ModelConfig, load_config
+from .console import ConsoleDeps, ConsoleEntry
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .hooks import Policy, PolicyChain, Sink
-from .http.asgi import Receive, Request, Scope, Send, send_error
 from .http.deps import Services
+from .http.edge import Edge
 from .http.errors import internal_error
-from .http.routes import PATHS, PREFIX_ROUTES, ROUTES
+from .http.protocol import EdgeLimits
+from .http.routes import OWN_REQUEST_ID, PREFIX_ROUTES, ROUTES, methods_for
 from .http.shedding import LoadShedder
 from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
 from .observability import Observability
@@ -38,6 +42,7 @@ from .routing.router import Router
 from .runtime import Runtime
 from .service import ChatService, StreamRegistry
 from .settings import Settings
+from .storage.analytics import UsageAnalytics
 from .tokens import TokenCounter
 
 log = logging.getLogger("sluicegate")
@@ -64,6 +69,7 @@ class Gateway:
         self.shedder = LoadShedder(config.server.max_concurrent_requests, config.server.max_concurrent_per_key)
         self.service: ChatService
         self.services: Services
+        self.analytics: Analytics
 
     async def start(self) -> None:
         runtime = self.runtime
@@ -77,8 +83,11 @@ class Gateway:
         )
         self.recorder.start()
         runtime.audit_through(AdminAuditWriter(self.recorder.audit))
+        prompts = self.config.metering.audit_prompts
+        self.analytics = Analytics(UsageAnalytics(runtime.engine), runtime.admin, prompts_logged=prompts)
         self._tasks.append(loop.create_task(self._flush_last_used()))
         self._tasks.append(loop.create_task(self._rollups()))
+        self._tasks.append(loop.create_task(self.analytics.keep_rolling(self.config)))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
         in_use = {d.provider for m in self.config.models for d in m.deployments}
@@ -95,6 +104,17 @@ class Gateway:
             breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
         chain = PolicyChain(self.policies(), self.sinks())
         self.service = ChatService(self.config, router, self.tokens, chain, breaker)
+        console = ConsoleDeps(
+            config=self.config,
+            engine=runtime.engine,
+            redis=runtime.redis,
+            master=runtime.master,
+            master_set=self.settings.master_key is not None,
+            admin=runtime.admin,
+            analytics=self.analytics,
+            usage=runtime.usage,
+            breaker=breaker,
+        )
         self.services = Services(
             server=self.config.server,
             metrics_auth=self.config.observability.metrics_auth,
@@ -107,6 +127,8 @@ class Gateway:
             observability=self.observability,
             streams=self.streams,
             readiness=self.readiness_problems,
+            analytics=self.analytics,
+            console=ConsoleEntry(console),
         )
         if "demo" in in_use:
             await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
@@ -200,6 +222,12 @@ class App:
     def __init__(self, settings: Settings, config: GatewayConfig, on_started: StartHook | None = None) -> None:
         self.gateway = Gateway(settings, config)
         self._on_started = on_started
+        server = config.server
+        # Read once per connection by the HTTP protocol (http/protocol.py), which sees only the app.
+        self.edge_limits = EdgeLimits(
+            server.header_timeout, server.body_timeout, server.max_header_bytes, server.max_headers
+        )
+        self.edge = Edge(server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -211,16 +239,28 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         handler = ROUTES.get((scope["method"], scope["path"]))
+        ids: dict[str, str] | None = None
         try:
-            if handler is None:
+            if handler not in OWN_REQUEST_ID or self.edge.cors is not None:
+                ids = {}
+                send = request.send = self.edge.decorated(request, handler not in OWN_REQUEST_ID, ids)
+            preflight = handler is None and self.edge.is_preflight(request)  # also on the admin API's paths
+            if handler is None and not preflight:
                 handler = next((h for prefix, h in PREFIX_ROUTES if scope["path"].startswith(prefix)), None)
             if handler is None:
-                if scope["path"] in PATHS:
-                    raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}")
+                methods = methods_for(scope["path"])
+                if methods and preflight:
+                    await self.edge.preflight(request, methods)
+                    return
+                if methods:
+                    raise MethodNotAllowed(
+                        f"Method {scope['method']} is not allowed on {scope['path']}",
+                        headers={"allow": self.edge.allow(methods)},
+                    )
                 raise NotFound(f"Unknown path {scope['path']}")
             await handler(self.gateway.services, request)
         except GatewayError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, ids)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             await send_error(send, internal_error())

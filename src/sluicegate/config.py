@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .dlp.config import DlpConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ORIGIN = re.compile(r"https?://[^/\s]+", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -126,13 +127,41 @@ class ServerConfig(_Strict):
     # On SIGTERM: how long in-flight streams may run before they are ended with a stream_error frame.
     drain_timeout: float = Field(default=30.0, ge=0)
     # Load shedding: chat requests in flight per process (503 overloaded beyond it) and per key (429
-    # concurrency_limit_exceeded); null = no cap. Health, readiness and metrics are never shed.
+    # concurrency_limit_exceeded); null = no cap. Health, readiness and metrics are never shed. Left out, the
+    # per-key cap is half the process cap, so one key (slow bodies, a runaway client) cannot take all of it.
     max_concurrent_requests: int | None = Field(default=10_000, ge=1)
     max_concurrent_per_key: int | None = Field(default=None, ge=1)
+    # Slow senders: seconds from a request's first byte to the end of its headers, and from there to the end
+    # of its body (both totals, so trickling a byte at a time does not reset them); then 408 and close.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
+    # Request line plus headers, in bytes, and the number of header lines: beyond either, 431.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"]; ["*"] allows any.
+    # Empty (the default): no CORS headers, and preflight requests get 405.
+    cors_origins: list[str] = []
     # The listen queue (raise with net.core.somaxconn for bursts of thousands of new streams).
     backlog: int = Field(default=4096, ge=16)
     # Idle client keep-alive; keep it longer than a load balancer's upstream keepalive_timeout (nginx: 4 s).
     keepalive_timeout: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_key_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_concurrent_per_key" not in data:
+            total = data.get("max_concurrent_requests", 10_000)
+            if isinstance(total, int) and total >= 1:
+                data = {**data, "max_concurrent_per_key": max(1, total // 2)}
+        return data
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path) or '*'")
+        return [o.lower() for o in origins]
 
 
 class StorageConfig(_Strict):
@@ -214,6 +243,19 @@ class LimitsConfig(_Strict):
     budget_hold_grace: float = Field(default=60.0, gt=0)
 
 
+class ConsoleConfig(_Strict):
+    """The admin web console at /ui (docs/console.md)."""
+
+    enabled: bool = True
+    # A session ends after this many seconds without a page view, and in any case this long after login.
+    session_idle: float = Field(default=1800.0, gt=0)
+    session_max: float = Field(default=43_200.0, gt=0)
+    # Login attempts per minute per client address (and ten times that from all clients together).
+    login_attempts_per_minute: int = Field(default=5, ge=1, le=1000)
+    # Secure cookie flag: null sets it when the request came over TLS; true when TLS ends at a proxy.
+    secure_cookie: bool | None = None
+
+
 class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     server: ServerConfig = ServerConfig()
@@ -225,6 +267,7 @@ class GatewayConfig(_Strict):
     # Data loss prevention defaults (groups may override a direction); absent = no scanning.
     dlp: DlpConfig = DlpConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @field_validator("models")
     @classmethod

@@ -7,7 +7,12 @@ an SSE ``stream_error`` frame (SPEC §7).
 
     GatewayError
     ├── InvalidRequest            400 invalid_body (param names the field)
+    │   ├── InvalidHeader             invalid_header (param names the header)
+    │   └── MalformedHttp             malformed_request (refused by the HTTP parser)
+    ├── RequestTimeout            408 request_timeout (headers or body not received in time)
     ├── RequestTooLarge           413 request_too_large
+    ├── UnsupportedEncoding       415 unsupported_content_encoding
+    ├── HeadersTooLarge           431 headers_too_large
     ├── AuthenticationFailed      401 invalid_api_key
     ├── PermissionDenied          403
     │   ├── ModelAccessDenied         model_access_denied
@@ -64,10 +69,36 @@ class InvalidRequest(GatewayError):
     code = "invalid_body"
 
 
+class InvalidHeader(InvalidRequest):
+    code = "invalid_header"
+
+
+class MalformedHttp(InvalidRequest):
+    code = "malformed_request"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedEncoding(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class AuthenticationFailed(GatewayError):

@@ -82,7 +82,8 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 def error_frame(message: str) -> bytes:
     """The exact terminal frame of a stream that failed after its first byte, with the [DONE] that follows."""
     payload = json.dumps(
-        {"error": {"message": message, "type": "server_error", "code": "stream_error"}}, separators=(",", ":")
+        {"error": {"message": message, "type": "server_error", "param": None, "code": "stream_error"}},
+        separators=(",", ":"),
     )
     return b"event: error\ndata: " + payload.encode() + b"\n\ndata: [DONE]\n\n"
 

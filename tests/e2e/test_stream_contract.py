@@ -183,6 +183,7 @@ def test_failures_after_first_byte_end_with_the_error_frame(
     assert error_frame.startswith(b"event: error\ndata: ")
     error = json.loads(error_frame.split(b"data: ", 1)[1])
     assert error["error"]["type"] == "server_error" and error["error"]["code"] == "stream_error"
+    assert list(error["error"]) == ["message", "type", "param", "code"] and error["error"]["param"] is None
     # No finish chunk before the error: a truncated answer never looks complete.
     good = fs[:-2]
     assert all(b'"finish_reason":null' in f for f in good)

@@ -261,8 +261,11 @@ def test_usage_frame_and_error_frame() -> None:
     assert chunk["choices"] == [] and chunk["usage"]["total_tokens"] == 7 and chunk["id"] == CID
     error = stream_error_frame()
     assert error.startswith(b"event: error\ndata: ") and error.endswith(b"\n\n" + DONE)
-    body = json.loads(error.split(b"\n")[1][len(b"data: ") :])
-    assert body == {"error": {"message": "upstream stream interrupted", "type": "server_error", "code": "stream_error"}}
+    # Byte for byte (SPEC §7 as amended by issue 17): "param": null, keys in OpenAI's order.
+    assert error == (
+        b'event: error\ndata: {"error":{"message":"upstream stream interrupted","type":"server_error",'
+        b'"param":null,"code":"stream_error"}}\n\n' + DONE
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

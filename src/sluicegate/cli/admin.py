@@ -280,6 +280,16 @@ def keys_rotate(ref: str, as_json: bool) -> None:
     _emit(key, as_json, human)
 
 
+@keys.command("expire")
+@click.argument("ref")
+@click.argument("expires")
+@json_option
+def keys_expire(ref: str, expires: str, as_json: bool) -> None:
+    """Set a key's expiry: a duration from now (30d, 12h) or 'never'."""
+    key = _run(lambda a: a.set_key_expiry(ref, None if expires == "never" else expires))
+    _emit(key, as_json, lambda: click.echo(f"key {key['name']} expires {_when(key['expires_at'])}"))
+
+
 @click.command(cls=AdminCommand)
 def migrate() -> None:
     """Apply pending database migrations (also done at every start)."""

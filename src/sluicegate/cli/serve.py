@@ -121,6 +121,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
         log.warning("SLUICEGATE_MASTER_KEY is not set; every request will be refused with 401")
     database = display_database_url(Settings.from_env().database_url)
     log.info("sluicegate serving %d model(s) on http://%s:%d/v1 (store: %s)", len(config.models), host, port, database)
+    if config.console.enabled:
+        log.info("admin console: http://%s:%d/ui (log in with the master key)", host, port)
     with _prometheus_multiproc_dir(workers):
         # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done, after restoring the
         # handler it found; a no-op handler here makes that final re-raise harmless, so a drained exit is 0.
@@ -132,7 +134,9 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            # uvicorn's httptools protocol plus our edge limits and enveloped refusals (http/protocol.py).
+            http="sluicegate.http.protocol:GatewayHttpProtocol",
+            ws="none",
             lifespan="on",
             access_log=False,
             log_level=log_level,

@@ -15,8 +15,9 @@
     PUT    /admin/v1/groups/{name}/limits        {"rpm", "tpm", "budget" (credits), "budget_period"}; null clears
     PUT    /admin/v1/groups/{name}/dlp           {"request": {"action", "detectors"}|null, "response": ...}
     PUT    /admin/v1/keys/{name-or-prefix}/limits
+    PUT    /admin/v1/keys/{name-or-prefix}/expiry {"expires": "30d" | epoch seconds | null}
     GET    /admin/v1/usage?by=key|group|model&since=2026-11-01&until=...
-    GET    /admin/v1/audit?limit=100&kind=admin   newest first
+    GET    /admin/v1/audit?limit=100&kind=admin[&before=SEQ]   newest first
     GET    /admin/v1/audit/verify                 walks the hash chain
 
 Only the master key is accepted: no credential, or one that is no key at all, gets 401 ``invalid_api_key``; a
@@ -31,9 +32,9 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from ..asgi import Request, send_error, send_json
 from ..auth.credentials import extract_credential
 from ..errors import AdminKeyRequired, AuthenticationFailed, GatewayError, InvalidRequest, MethodNotAllowed, NotFound
-from .asgi import Request, send_error, send_json
 
 if TYPE_CHECKING:
     from .deps import Services
@@ -69,6 +70,15 @@ async def _require_master(gw: Services, request: Request) -> None:
     raise AdminKeyRequired(
         "This API key may call models, but not the admin API, which needs the master key (SLUICEGATE_MASTER_KEY)."
     )
+
+
+def _before(q: dict[str, str]) -> int | None:
+    raw = q.get("before")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidRequest("'before' must be an audit sequence number (a whole number)", param="before")
+    return int(raw)
 
 
 def _limit(q: dict[str, str]) -> int:
@@ -129,13 +139,16 @@ async def _route(gw: Services, request: Request, parts: list[str]) -> tuple[int,
             return 200, await admin.set_group_dlp(name, override)
         case ["keys", ref, "limits"] if method == "PUT":
             return 200, await admin.set_key_limits(ref, await _json(request))
+        case ["keys", ref, "expiry"] if method == "PUT":
+            return 200, await admin.set_key_expiry(ref, (await _json(request)).get("expires"))
         case ["usage"] if method == "GET":
             q = _query(request)
             rows = await admin.usage_report(q.get("by", "model"), q.get("since", "30d"), q.get("until"))
             return 200, _listing(rows)
         case ["audit"] if method == "GET":
             q = _query(request)
-            return 200, _listing(await admin.audit_entries(_limit(q), q.get("kind")))
+            before = _before(q)
+            return 200, _listing(await admin.audit_entries(_limit(q), q.get("kind"), before))
         case ["audit", "verify"] if method == "GET":
             return 200, await admin.verify_audit()
         case ["groups", name, "grants"] if method == "POST":

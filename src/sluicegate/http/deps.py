@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..admin import Admin
+from ..analytics import Analytics
+from ..asgi import Request
 from ..auth.authenticator import KeyAuthenticator, MasterKeyAuthenticator
 from ..config import ServerConfig
 from ..observability import Observability
@@ -26,3 +28,5 @@ class Services:
     observability: Observability | None
     streams: StreamRegistry
     readiness: Callable[[], Awaitable[list[str]]]
+    analytics: Analytics
+    console: Callable[[Request], Awaitable[None]]  # the web console's front door (console.ConsoleEntry)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .asgi import Request, send_json
+from ..asgi import Request, send_json
 
 if TYPE_CHECKING:
     from .deps import Services

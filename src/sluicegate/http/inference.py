@@ -16,13 +16,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from ..asgi import ClientGone, Request, Send, send_bytes, send_error, watch_disconnect
 from ..auth.credentials import extract_credential
 from ..errors import GatewayError
 from ..hooks import RequestContext
 from ..service import OpenStream
 from ..types import ChatRequest, Principal
 from ..wire.base import StreamEncoder, WireFormat
-from .asgi import ClientGone, Request, Send, send_bytes, send_error, watch_disconnect
 from .deps import Services
 from .errors import internal_error
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..asgi import Request, send_bytes
 from ..auth.credentials import extract_credential
 from ..errors import AuthenticationFailed, NotFound
 from ..observability.metrics import CONTENT_TYPE
-from .asgi import Request, send_bytes
 
 if TYPE_CHECKING:
     from .deps import Services

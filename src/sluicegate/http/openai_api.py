@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ..asgi import Request, send_error, send_json
 from ..errors import GatewayError
 from ..policies.access import may_use
 from ..wire.openai_chat import OPENAI_CHAT
-from .asgi import Request, send_error, send_json
 from .deps import Services
 from .inference import authenticate, handle, request_id_of
 

@@ -226,6 +226,10 @@ class IdentityStore:
                 update(api_keys).where(api_keys.c.id == key_id).values(revoked=True, revoked_at=time.time())
             )
 
+    async def set_key_expiry(self, key_id: str, expires_at: float | None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(expires_at=expires_at))
+
     async def rotate_key(self, key_id: str, prefix: str, key_hash: str) -> None:
         try:
             async with self._engine.begin() as conn:

@@ -16,7 +16,7 @@ from sqlalchemy import JSON, BigInteger, Column, Connection, Integer, String, Ta
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import schema
+from . import console_schema, schema
 
 Step = Callable[[Connection], None]
 
@@ -79,6 +79,12 @@ def _lean_usage_indexes(conn: Connection) -> None:
         conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
 
 
+def _console(conn: Connection) -> None:
+    for table in (console_schema.usage_hourly, console_schema.rollup_marks, console_schema.console_sessions):
+        table.create(conn, checkfirst=True)
+    conn.execute(text(console_schema.AUDIT_KIND_INDEX))
+
+
 # The hash the first audit record chains to.
 GENESIS_HASH = "0" * 64
 
@@ -87,6 +93,7 @@ MIGRATIONS: list[tuple[str, str, Step]] = [
     ("0002", "limits, budgets, usage, rollups, audit log", _accounting),
     ("0003", "per-group DLP overrides", _group_dlp),
     ("0004", "fewer usage indexes: the group commit writes every one", _lean_usage_indexes),
+    ("0005", "console: hourly usage cube, sessions, audit index by kind", _console),
 ]
 
 

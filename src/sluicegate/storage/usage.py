@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_column, select
+from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -17,6 +17,7 @@ from ..records import RequestRecord
 from . import audit
 from .audit import AuditEntry, VerifyResult
 from .batch_writer import PostgresBatchWriter, SqliteBatchWriter, UsageRow
+from .console_schema import AUDIT_KIND_PREDICATE
 from .schema import audit_head, audit_log, rollup_days, usage, usage_daily
 
 # Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
@@ -195,10 +196,16 @@ class UsageStore:
 
             return await audit.verify(rows(), int(head.seq), str(head.hash))
 
-    async def audit_entries(self, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+    async def audit_entries(
+        self, limit: int = 100, kind: str | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
         stmt = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
         if kind:
             stmt = stmt.where(audit_log.c.kind == kind)
+            if kind != "request":  # repeated so that SQLite uses the partial index of migration 0005
+                stmt = stmt.where(text(AUDIT_KIND_PREDICATE))
+        if before is not None:
+            stmt = stmt.where(audit_log.c.seq < before)
         async with self._engine.connect() as conn:
             return [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(stmt)]
 

@@ -39,7 +39,9 @@ def new_completion_id() -> str:
 
 def stream_error_frame(message: str = "upstream stream interrupted") -> bytes:
     """The terminal error event of SPEC §7, followed by ``[DONE]``."""
-    payload = orjson.dumps({"error": {"message": message, "type": "server_error", "code": "stream_error"}})
+    # Key order and "param": null as in every OpenAI error object (issue 17).
+    error = {"message": message, "type": "server_error", "param": None, "code": "stream_error"}
+    payload = orjson.dumps({"error": error})
     return b"event: error\ndata: " + payload + b"\n\n" + DONE
 
 

@@ -109,13 +109,9 @@ async def write_apart(
         lost_audits.extend(i - n_rows for i in range(max(lo, n_rows), hi))
         tally.add("lost", hi - lo)
 
-    # Parts still to write, as [lo, hi) over the rows followed by the audit entries; the first is on top.
-    todo: list[tuple[int, int, BaseException | None]] = []
-    if total > 1:
-        mid = total // 2
-        todo = [(mid, total, None), (0, mid, None)]
-    else:
-        todo = [(0, total, error)]
+    # Parts to write, as [lo, hi) over the rows followed by the audit entries, with the error that refused
+    # them if they were tried already; the first part is on top.
+    todo: list[tuple[int, int, BaseException | None]] = [(0, total, error)]
     while todo:
         lo, hi, refused = todo.pop()
         if refused is None:
@@ -123,7 +119,9 @@ async def write_apart(
             if refused is None:
                 continue
         if not is_record_error(refused):
-            log.error("LOST %d record(s): the store failed while writing them apart: %s", hi - lo, refused)
+            ids = ", ".join(_safe(row[0]) for row in rows[lo:hi][:10])
+            log.error("LOST %d record(s) (requests %s): the store failed while writing them apart: %s",
+                      hi - lo, ids or "-", refused)  # fmt: skip
             lose(lo, hi)
         elif hi - lo > 1:
             mid = (lo + hi) // 2

@@ -10,8 +10,8 @@ upstreams (error codes), from the config (model ids, deployment labels) and from
 all the same is written by the batch writer in its last-resort form (``last_resort_row``,
 ``last_resort_entry``): ASCII-only texts, clamped numbers, the client's free-form fields dropped with a marker.
 
-Column sizes and integer ranges are read from ``storage/schema.py``, so a schema change cannot leave a
-column out.
+Column sizes and integer ranges are read from ``storage/schema.py`` (and a test holds ``USAGE_COLUMNS`` to the
+table), so a schema change cannot leave a column out.
 """
 
 from __future__ import annotations
@@ -94,10 +94,8 @@ _USAGE_TEXTS = tuple((i, size or _UNBOUNDED) for i, (kind, size, _) in enumerate
 _USAGE_INTS = tuple((i, size or _INT4) for i, (kind, size, _) in enumerate(_USAGE_KINDS) if kind == "int")
 _AUDIT_NAMES = ("kind", "actor", "action", "target")
 _AUDIT_LIMITS = tuple(size or _UNBOUNDED for _, size, _ in _kinds(audit_log, _AUDIT_NAMES))
-# Sizes of the texts inside a usage row's ``attempts`` (the same texts as the row's own columns).
-MODEL_CHARS, DEPLOYMENT_CHARS, ERROR_CODE_CHARS = (
-    _USAGE_KINDS[USAGE_COLUMNS.index(name)][1] for name in ("model", "deployment", "error_code")
-)
+# An upstream's error code is also kept in a row's ``attempts`` and in its audit entry: cut to the same size.
+ERROR_CODE_CHARS = _USAGE_KINDS[USAGE_COLUMNS.index("error_code")][1]
 
 
 def clean_usage_row(row: tuple[Any, ...]) -> tuple[Any, ...]:

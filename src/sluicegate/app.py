@@ -167,6 +167,7 @@ class Gateway:
         self.observability = Observability(self.config, self.settings)
         if self.observability.metrics is not None:
             self.breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
+            self.usage.tally.listener = self.observability.metrics.store_refused_record
         self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
         self._install_drain_signal()
         if any(d.provider == "demo" for m in self.config.models for d in m.deployments):

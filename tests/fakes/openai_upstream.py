@@ -86,6 +86,9 @@ Scenarios (stream behaviour; non-stream behaviour in brackets when it differs fr
   ``content_filter``: 400 with code ``content_filter``. ``rate_limited``: 429 without any retry-after header.
   ``retry_after:S``: 429 with ``retry-after: ceil(S)`` and ``retry-after-ms: S*1000``.
 - ``status_noenvelope:CODE``: HTTP CODE with an HTML body.
+- ``hostile_error``: 400 with an OpenAI envelope whose ``code`` is ``HOSTILE_CODE`` (200 characters with a NUL in
+  the middle: longer than the gateway's error-code column, and a character PostgreSQL cannot store) and whose
+  message carries a NUL too.
 - ``fail_times:N``: the first N requests carrying this exact scenario string get 500 with an envelope, later ones
   the normal answer (counter per scenario string, cleared by ``reset()``).
 - ``nested_delta:N``: the normal answer whose first chunk's delta (the message) carries an extra field ``x_nested``,
@@ -117,6 +120,7 @@ import orjson
 
 __all__ = [
     "ARGUMENT_FRAGMENTS",
+    "HOSTILE_CODE",
     "INBAND_ERROR",
     "MALFORMED_DATA",
     "NORMAL_PIECES",
@@ -431,6 +435,9 @@ def _usage(tokens: int) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
+
+
+HOSTILE_CODE = "x" * 100 + "\u0000" + "y" * 99
 
 
 def _envelope(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -934,6 +941,11 @@ async def _content_filter(ex: _Exchange) -> None:
         "Please modify your prompt and retry."
     )
     await ex.send_json(400, _envelope(message, "invalid_request_error", "content_filter", "prompt"))
+
+
+@_scenario("hostile_error")
+async def _hostile_error(ex: _Exchange) -> None:
+    await ex.send_json(400, _envelope("bad\u0000request", "invalid_request_error", HOSTILE_CODE))
 
 
 @_scenario("status_noenvelope")

@@ -156,6 +156,13 @@ class Metrics:
             ["direction", "action", "detector"],
             registry=r,
         )
+        self.store_refused = Counter(
+            "sluicegate_store_refused_records",
+            "Usage rows and audit entries the store refused as built: result salvaged (written in their "
+            "last-resort form) or lost (not written at all).",
+            ["result"],
+            registry=r,
+        )
         # A dead worker's open streams are gone with it: count only live processes.
         self.open_streams = Gauge(
             "sluicegate_open_streams", "Streams being relayed now.", registry=r, multiprocess_mode="livesum"
@@ -250,6 +257,10 @@ class Metrics:
     def dlp_action(self, direction: str, action: str, detector: str, count: int = 1) -> None:
         """Called by the DLP policy for findings it acted on (labels: its own bounded names)."""
         self._child(self.dlp_actions, direction, action, detector).inc(count)
+
+    def store_refused_record(self, result: str, count: int) -> None:
+        """A ``metering.isolation.Tally`` listener: ``result`` is ``salvaged`` or ``lost``."""
+        self._child(self.store_refused, result).inc(count)
 
     def circuit_changed(self, key: str, state: str) -> None:
         """A ``CircuitBreaker`` listener."""

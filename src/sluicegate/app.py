@@ -33,6 +33,7 @@ from .metering.tokens import TokenCounter
 from .metering.usage_store import UsageStore
 from .observability import Observability
 from .observability.logs import install_log_scrubber
+from .observability.loop_lag import LoopLagMonitor
 from .policies.base import Policy, PolicyChain
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp_policy import DlpEngines, DlpPolicy
@@ -165,8 +166,11 @@ class Gateway:
             self.breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
         self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
         self._install_drain_signal()
-        if any(d.provider == "demo" for m in self.config.models for d in m.deployments):
-            await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
+        # Before serving: tiktoken builds the vocabulary holding the GIL for 0.2-0.5 s, even in a thread, which
+        # at first use would stall every stream. Counting is needed by limits, budgets and every partial stream.
+        await asyncio.to_thread(self.tokens.warm)
+        if self.observability.metrics is not None:  # from here on, a stall is one a request would feel
+            self._tasks.append(loop.create_task(LoopLagMonitor(self.observability.metrics.loop_lag_tick).run()))
         # Long-lived objects built at start never become garbage: keep the collector off them.
         gc.collect()
         gc.freeze()
@@ -264,6 +268,7 @@ class Gateway:
             self.observability.close()
         if self._unscrub_logs is not None:
             self._unscrub_logs()
+        self.tokens.close()
 
     async def readiness_problems(self) -> list[str]:
         problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]

@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,16 +37,16 @@ import httpx
 url = sys.argv[1]
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-latencies = []
+samples = []
 with httpx.Client(timeout=5) as client:
     client.get(url)
     print("ready", flush=True)
     while not stop.is_set():
-        started = time.perf_counter()
+        started = time.monotonic()
         assert client.get(url).status_code == 200
-        latencies.append(time.perf_counter() - started)
+        samples.append((started, time.monotonic() - started))
         time.sleep(0.003)
-print(json.dumps(latencies), flush=True)
+print(json.dumps(samples), flush=True)
 """
 
 
@@ -114,17 +115,24 @@ def test_healthz_answers_within_50ms_while_a_huge_prompt_is_processed(
     )
     try:
         assert poller.stdout is not None and poller.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the idle baseline, reported with a failure: what the machine itself adds
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        started = time.monotonic()
         r = httpx.post(gw.base_url + "/chat/completions", content=body, headers=headers, timeout=300)
+        ended = time.monotonic()
         out, _ = poller.communicate(timeout=30)
     finally:
         poller.kill()
-    latencies: list[float] = json.loads(out)
+    samples: list[tuple[float, float]] = json.loads(out)
+    latencies = [latency for at, latency in samples if started <= at <= ended]
+    idle = max(latency for at, latency in samples if at < started)
     assert r.status_code == 200, r.text
     assert EMAIL not in fake.requests[-1].raw_body.decode() and b"[REDACTED:EMAIL]" in fake.requests[-1].raw_body
     assert TPM - int(r.headers["x-ratelimit-remaining-tokens"]) >= prompt_tokens  # the whole prompt was counted
     assert len(latencies) >= 10
-    assert max(latencies) < BOUND, f"/healthz took {max(latencies) * 1000:.0f} ms ({len(latencies)} polls)"
+    assert max(latencies) < BOUND, (
+        f"/healthz took {max(latencies) * 1000:.0f} ms ({len(latencies)} polls; idle before: {idle * 1000:.0f} ms)"
+    )
     after = lag_histogram(gw)
     ticks = after["+Inf"] - before["+Inf"]
     late = ticks - (after["0.04"] - before["0.04"])

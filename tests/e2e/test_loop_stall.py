@@ -124,14 +124,18 @@ def test_healthz_answers_within_50ms_while_a_huge_prompt_is_processed(
     finally:
         poller.kill()
     samples: list[tuple[float, float]] = json.loads(out)
-    latencies = [latency for at, latency in samples if started <= at <= ended]
+    during = [(latency, at - started) for at, latency in samples if started <= at <= ended]
+    latencies = [latency for latency, _ in during]
     idle = max(latency for at, latency in samples if at < started)
+    worst, worst_at = max(during)
     assert r.status_code == 200, r.text
     assert EMAIL not in fake.requests[-1].raw_body.decode() and b"[REDACTED:EMAIL]" in fake.requests[-1].raw_body
     assert TPM - int(r.headers["x-ratelimit-remaining-tokens"]) >= prompt_tokens  # the whole prompt was counted
     assert len(latencies) >= 10
-    assert max(latencies) < BOUND, (
-        f"/healthz took {max(latencies) * 1000:.0f} ms ({len(latencies)} polls; idle before: {idle * 1000:.0f} ms)"
+    assert worst < BOUND, (
+        f"/healthz took {worst * 1000:.0f} ms, polled {worst_at * 1000:.0f} ms into the request of"
+        f" {(ended - started) * 1000:.0f} ms ({len(latencies)} polls; the machine's own noise, idle before:"
+        f" {idle * 1000:.0f} ms)"
     )
     after = lag_histogram(gw)
     ticks = after["+Inf"] - before["+Inf"]

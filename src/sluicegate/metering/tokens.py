@@ -36,6 +36,9 @@ _SHORT_KEY = 256  # texts up to this length are their own key; longer ones are k
 INLINE_CHARS = 8_192
 # One encode call in the worker thread; its token list (at most a few tens of thousands) takes ~1 ms to build.
 PIECE_CHARS = 16_384
+# Counting threads: one huge prompt does not queue every other large one behind it; more would only contend for
+# the GIL the event loop needs.
+_THREADS = 2
 
 T = TypeVar("T")
 
@@ -58,7 +61,12 @@ class TokenCounter:
         return self._loaded
 
     def warm(self) -> None:
+        """Load the vocabulary and start the counting threads now: a thread's start waits for the GIL, which on
+        the first request that needs one would be a stall of its own."""
         _ = self._enc
+        pool = self._executor()
+        for future in [pool.submit(int) for _ in range(_THREADS)]:
+            future.result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -104,12 +112,13 @@ class TokenCounter:
             return self._count_texts(texts)
         return await self._off_loop(self._count_texts, texts)
 
-    async def _off_loop(self, fn: Callable[[Any], T], arg: Any) -> T:
+    def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            # Two threads: one huge prompt does not queue every other large one behind it; more would only
-            # contend for the GIL the loop needs.
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sluicegate-tokens")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
+            self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="sluicegate-tokens")
+        return self._pool
+
+    async def _off_loop(self, fn: Callable[[Any], T], arg: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, arg)
 
     def _count_texts(self, texts: list[str]) -> int:
         total = _REPLY_PRIMER

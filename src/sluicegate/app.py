@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ from .metering.tokens import TokenCounter
 from .metering.usage_analytics import UsageAnalytics
 from .metering.usage_store import UsageStore
 from .observability import Observability
+from .observability.logs import install_log_scrubber
+from .observability.loop_lag import LoopLagMonitor
 from .policies.base import Policy, PolicyChain
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp_policy import DlpEngines, DlpPolicy
@@ -44,8 +47,10 @@ from .providers.base import Provider
 from .providers.demo import DemoProvider
 from .providers.gemini import GeminiProvider
 from .providers.openai_compat import OpenAICompatProvider
+from .providers.scrubbed import Scrubbed
 from .resilience import CircuitBreaker
 from .routing import Router
+from .scrub import Scrubber
 from .service import ChatService, OpenStream
 from .settings import Settings
 from .storage.db import create_engine
@@ -76,6 +81,9 @@ class Gateway:
         self.started_at = int(time.time())
         self.tokens = TokenCounter()
         self.master = MasterKeyAuthenticator(settings.master_key)
+        # Every provider key, the master key and upstream addresses: kept out of responses and logs.
+        self.scrubber = Scrubber.from_config(config, settings)
+        self._unscrub_logs: Callable[[], None] | None = None
         self.session: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         self.engine: AsyncEngine | None = None
@@ -149,13 +157,14 @@ class Gateway:
         self._tasks.append(loop.create_task(self.analytics.keep_rolling(self.config)))
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
-        openai = OpenAICompatProvider(self.session)
-        self.providers = {
-            "openai": openai,
+        self._unscrub_logs = install_log_scrubber(self.scrubber.text)
+        adapters: dict[str, Provider] = {
+            "openai": OpenAICompatProvider(self.session),
             "anthropic": AnthropicProvider(self.session),
             "gemini": GeminiProvider(self.session),
             "demo": DemoProvider(self.tokens),
         }
+        self.providers = {name: Scrubbed(adapter, self.scrubber) for name, adapter in adapters.items()}
         missing = {d.provider for m in self.config.models for d in m.deployments} - self.providers.keys()
         if missing:
             raise RuntimeError(f"providers not available in this build: {sorted(missing)}")
@@ -170,8 +179,11 @@ class Gateway:
             self.usage.tally.listener = self.observability.metrics.store_refused_record
         self.service = ChatService(self.config, self.router, self.tokens, PolicyChain(self.policies()), self.breaker)
         self._install_drain_signal()
-        if any(d.provider == "demo" for m in self.config.models for d in m.deployments):
-            await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
+        # Before serving: tiktoken builds the vocabulary holding the GIL for 0.2-0.5 s, even in a thread, which
+        # at first use would stall every stream. Counting is needed by limits, budgets and every partial stream.
+        await asyncio.to_thread(self.tokens.warm)
+        if self.observability.metrics is not None:  # from here on, a stall is one a request would feel
+            self._tasks.append(loop.create_task(LoopLagMonitor(self.observability.metrics.loop_lag_tick).run()))
         # Long-lived objects built at start never become garbage: keep the collector off them.
         gc.collect()
         gc.freeze()
@@ -270,6 +282,9 @@ class Gateway:
             await self.session.close()
         if self.observability is not None:
             self.observability.close()
+        if self._unscrub_logs is not None:
+            self._unscrub_logs()
+        self.tokens.close()
 
     async def readiness_problems(self) -> list[str]:
         problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]

@@ -113,10 +113,10 @@ class ChatService:
         ctx.model = model
         return model
 
-    def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
+    async def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
         return Usage(
-            prompt_tokens=self._tokens.count_messages(request.messages),
-            completion_tokens=self._tokens.count(completion_text),
+            prompt_tokens=await self._tokens.count_messages_async(request.messages),
+            completion_tokens=await self._tokens.count_async(completion_text),
             estimated=True,
         )
 
@@ -272,7 +272,7 @@ class ChatService:
             completion = self.chain.filter_completion(ctx, completion)
             usage = completion.usage
             if usage is None:
-                usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
+                usage = await self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
         except BaseException as exc:
             await self._failed(ctx, exc)
             raise
@@ -529,7 +529,7 @@ class OpenStream:
         if usage is None or partial or self.resumed:
             # A resumed answer came from two upstreams; neither usage report covers the whole of it.
             try:
-                estimated = self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
+                estimated = await self._service.estimate_usage(self.ctx.request, "".join(encoder.completion_parts))
             except Exception:  # the record (and the after-hooks it feeds) must still happen
                 log.exception("could not count the usage of request %s", self.ctx.request_id)
                 estimated = Usage(estimated=True)

@@ -53,7 +53,7 @@ async def chat_completions(gw: Gateway, request: Request) -> None:
     chat: ChatRequest | None = None
     try:
         principal = await authenticate(gw, request)
-        # Shed before the body is read: an overload must not cost the gateway a 50 MiB read per refusal.
+        # Shed before the body is read: an overload must not cost the gateway a whole body read per refusal.
         gw.shedder.admit(principal.key_id)
     except GatewayError as exc:
         if gw.observability is not None:  # refused before any policy: no record from the service

@@ -322,7 +322,7 @@ class BudgetPolicy(Policy):
         model = ctx.model
         assert model is not None
         if ctx.prompt_estimate is None:
-            ctx.prompt_estimate = self._tokens.count_messages(ctx.request.messages)
+            ctx.prompt_estimate = await self._tokens.count_messages_async(ctx.request.messages)
         max_out = ctx.request.max_tokens or model.deployments[0].default_max_tokens
         estimate = ceil_micro(ctx.prompt_estimate, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output

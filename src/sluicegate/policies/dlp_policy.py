@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import DlpBlocked
 from ..types import ChatChunk, ChoiceDelta, Completion
 from .base import Policy, StreamFilter
-from .dlp import Engine, StreamRedactor, redact_messages, scan_messages
+from .dlp import Engine, StreamRedactor, redact_messages, redact_messages_async, scan_messages, scan_messages_async
 from .dlp.config import DirectionConfig, DlpConfig
 
 if TYPE_CHECKING:
@@ -75,12 +75,12 @@ class DlpPolicy(Policy):
             return
         messages = ctx.request.messages
         if engine.action == "redact":
-            redacted, findings = redact_messages(messages, engine)
+            redacted, findings = await redact_messages_async(messages, engine)
             if findings:
                 ctx.request.messages = redacted
                 ctx.request.body["messages"] = redacted
         else:
-            findings = scan_messages(messages, engine)
+            findings = await scan_messages_async(messages, engine)
         if not findings:
             return
         counts: dict[str, int] = {}

@@ -4,7 +4,6 @@ the real gateway on SQLite and PostgreSQL, with concurrent requests sharing grou
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -91,7 +90,7 @@ def admin(g: GatewayProcess, path: str) -> Any:
 
 
 def audited_request_ids(g: GatewayProcess) -> set[str]:
-    return {json.loads(e["payload"])["request_id"] for e in admin(g, "/audit?kind=request&limit=1000")["data"]}
+    return {e["payload"]["request_id"] for e in admin(g, "/audit?kind=request&limit=1000")["data"]}
 
 
 def refused_metric(g: GatewayProcess, result: str) -> float:

@@ -32,14 +32,18 @@ from .http.routes import OWN_REQUEST_ID, PREFIX_ROUTES, ROUTES, methods_for
 from .http.shedding import LoadShedder
 from .metering.recorder import AdminAuditWriter, MeteringSink, UsageRecorder
 from .observability import Observability
+from .observability.logs import install_log_scrubber
+from .observability.loop_lag import LoopLagMonitor
 from .policies.budgets import BudgetPolicy, Ledger, LocalLedger, RedisLedger
 from .policies.dlp import DlpEngines, DlpPolicy
 from .policies.ratelimit import Limiter, LocalLimiter, RateLimitPolicy, RedisLimiter
 from .providers.base import Provider
 from .providers.registry import PROVIDERS, Deps, ProviderRegistry
+from .providers.scrubbed import Scrubbed
 from .routing.circuit import CircuitBreaker, CircuitSharing
 from .routing.router import Router
 from .runtime import Runtime
+from .scrub import Scrubber
 from .service import ChatService, StreamRegistry
 from .settings import Settings
 from .storage.analytics import UsageAnalytics
@@ -59,6 +63,9 @@ class Gateway:
         self.runtime = Runtime(settings, config)
         self.started_at = int(time.time())
         self.tokens = TokenCounter()
+        # Every provider key, the master key and upstream addresses: kept out of responses and logs.
+        self.scrubber = Scrubber.from_config(config, settings)
+        self._unscrub_logs: Callable[[], None] | None = None
         self.session: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,7 +101,9 @@ class Gateway:
         missing = sorted(in_use - set(self.registry.names))
         if missing:
             raise RuntimeError(f"providers not available in this build: {missing}")
-        self.providers = self.registry.build(Deps(self.session, self.tokens), in_use)
+        self._unscrub_logs = install_log_scrubber(self.scrubber.text)
+        adapters = self.registry.build(Deps(self.session, self.tokens), in_use)
+        self.providers = {name: Scrubbed(adapter, self.scrubber) for name, adapter in adapters.items()}
         router = Router(self.config, self.providers, self.registry)
         breaker = CircuitBreaker(self.config.routing.circuit)
         if runtime.bus.shared:
@@ -102,6 +111,7 @@ class Gateway:
         self.observability = Observability(self.config, self.settings, self.registry.trace_names())
         if self.observability.metrics is not None:
             breaker.add_listener(self.observability.metrics.circuit_changed, remote=True)
+            runtime.usage.tally.listener = self.observability.metrics.store_refused_record
         chain = PolicyChain(self.policies(), self.sinks())
         self.service = ChatService(self.config, router, self.tokens, chain, breaker)
         console = ConsoleDeps(
@@ -130,8 +140,11 @@ class Gateway:
             analytics=self.analytics,
             console=ConsoleEntry(console),
         )
-        if "demo" in in_use:
-            await asyncio.to_thread(self.tokens.warm)  # the demo model counts every token it streams
+        # Before serving: tiktoken builds the vocabulary holding the GIL for 0.2-0.5 s, even in a thread, which
+        # at first use would stall every stream. Counting is needed by limits, budgets and every partial stream.
+        await asyncio.to_thread(self.tokens.warm)
+        if self.observability.metrics is not None:  # from here on, a stall is one a request would feel
+            self._tasks.append(loop.create_task(LoopLagMonitor(self.observability.metrics.loop_lag_tick).run()))
 
     def policies(self) -> list[Policy]:
         """The policies, in order: limits and budgets refuse early, DLP rewrites."""
@@ -200,6 +213,9 @@ class Gateway:
             await self.session.close()
         if self.observability is not None:
             self.observability.close()
+        if self._unscrub_logs is not None:
+            self._unscrub_logs()
+        self.tokens.close()
 
     async def readiness_problems(self) -> list[str]:
         problems = [] if self.session is not None and not self.session.closed else ["upstream client not started"]

@@ -117,7 +117,9 @@ class ModelConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # 8 MiB (a 2M-token prompt) keeps the longest event-loop stall of one request, decoding its JSON, near
+    # 15 ms; each MiB more adds ~2 ms (docs/observability.md, "Event-loop lag").
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # After every choice has its finish_reason, how long to wait for the usage chunk and [DONE].
     tail_grace: float = Field(default=2.0, gt=0)
     # Send ": keep-alive" comments while waiting for a slow first token after this many seconds (off when

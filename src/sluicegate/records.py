@@ -1,8 +1,9 @@
-"""What happened in one request: the record every after-hook (metering, budgets, audit, metrics, logs) reads."""
+"""What happened: the record of one request every hook reads, and an entry of the audit log."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from .types import Usage
 
@@ -65,3 +66,12 @@ class RequestRecord:
     def billable(self) -> bool:
         """Only a request that reached an upstream and got tokens back costs anything."""
         return self.usage is not None and self.deployment is not None
+
+
+class AuditEntry(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs 3x more
+    created_at: float
+    kind: str  # request | admin | dlp
+    actor: str
+    action: str
+    target: str
+    payload: dict[str, Any]

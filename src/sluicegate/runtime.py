@@ -16,8 +16,8 @@ from .admin import Admin, AdminAudit
 from .auth.authenticator import IdentityEvents, KeyAuthenticator, MasterKeyAuthenticator
 from .bus import LocalBus, RedisBus
 from .config import GatewayConfig
+from .records import AuditEntry
 from .settings import Settings
-from .storage.audit import AuditEntry
 from .storage.db import create_engine
 from .storage.identity import IdentityStore
 from .storage.migrations import migrate

@@ -26,6 +26,7 @@ import httpx
 import orjson
 import pytest
 
+from sluicegate.config import ServerConfig
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.usage import UsageStore
 from tests.conftest import TEST_TIMEOUTS
@@ -305,4 +306,5 @@ def test_reference_config_has_what_sse_needs() -> None:
     for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
         seconds = int(re.search(rf"{timeout} (\d+)s;", location).group(1))  # type: ignore[union-attr]
         assert seconds >= 600, timeout
-    assert "client_max_body_size 50m;" in conf  # the gateway's server.max_body_bytes default (50 MiB)
+    # The gateway's server.max_body_bytes default.
+    assert f"client_max_body_size {ServerConfig().max_body_bytes // 2**20}m;" in conf

@@ -86,6 +86,15 @@ Scenarios (stream behaviour; non-stream behaviour in brackets when it differs fr
   ``content_filter``: 400 with code ``content_filter``. ``rate_limited``: 429 without any retry-after header.
   ``retry_after:S``: 429 with ``retry-after: ceil(S)`` and ``retry-after-ms: S*1000``.
 - ``status_noenvelope:CODE``: HTTP CODE with an HTML body.
+- ``hostile_error``: 400 with an OpenAI envelope whose ``code`` is ``HOSTILE_CODE`` (200 characters with a NUL in
+  the middle: longer than the gateway's error-code column, and a character PostgreSQL cannot store) and whose
+  message carries a NUL too.
+- ``leak_status:CODE``: HTTP CODE with an envelope whose message echoes the ``Authorization`` it received (whole,
+  masked as OpenAI masks keys, cut to its ends) and the host it was reached at (also in ``param``; ``code`` is
+  ``invalid_api_key:<the key>``), plus
+  ``www-authenticate`` (with the key), ``x-upstream-host`` and ``x-ratelimit-remaining-requests`` headers
+  (429 adds ``retry-after: 1``). ``leak_text:CODE``: the same message as a ``text/plain`` body.
+- ``leak_inband_first`` / ``leak_inband_after:N``: as ``inband_error_*``, the error frame carrying that message.
 - ``fail_times:N``: the first N requests carrying this exact scenario string get 500 with an envelope, later ones
   the normal answer (counter per scenario string, cleared by ``reset()``).
 - ``nested_delta:N``: the normal answer whose first chunk's delta (the message) carries an extra field ``x_nested``,
@@ -117,6 +126,7 @@ import orjson
 
 __all__ = [
     "ARGUMENT_FRAGMENTS",
+    "HOSTILE_CODE",
     "INBAND_ERROR",
     "MALFORMED_DATA",
     "NORMAL_PIECES",
@@ -431,6 +441,9 @@ def _usage(tokens: int) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
+
+
+HOSTILE_CODE = "x" * 100 + "\u0000" + "y" * 99
 
 
 def _envelope(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -936,6 +949,11 @@ async def _content_filter(ex: _Exchange) -> None:
     await ex.send_json(400, _envelope(message, "invalid_request_error", "content_filter", "prompt"))
 
 
+@_scenario("hostile_error")
+async def _hostile_error(ex: _Exchange) -> None:
+    await ex.send_json(400, _envelope("bad\u0000request", "invalid_request_error", HOSTILE_CODE))
+
+
 @_scenario("status_noenvelope")
 async def _status_noenvelope(ex: _Exchange) -> None:
     status = ex.int_arg(minimum=100)
@@ -978,6 +996,52 @@ async def _reject_prefill(ex: _Exchange) -> None:
         await ex.send_json(400, _envelope(message, "invalid_request_error", None, "messages"))
     else:
         await _normal(ex)
+
+
+def _leak(ex: _Exchange) -> tuple[str, list[tuple[str, str]]]:
+    """What a careless upstream says back: the credential it received (whole, masked the way OpenAI masks it,
+    and cut to its ends) and its own address, in a message and in headers."""
+    auth = ex.request.headers.get("authorization", "")
+    key = auth.removeprefix("Bearer ").strip()
+    host = ex.request.headers.get("host", "")
+    message = (
+        f"Incorrect API key provided: {key[:11]}{'*' * 17}{key[-4:]}. You sent '{auth}' ({key[:3]}...{key[-4:]}) "
+        f"to http://{host}/v1/chat/completions on {host}."
+    )
+    headers = [
+        ("www-authenticate", f'Bearer realm="{host}", error="invalid_token", key="{key}"'),
+        ("x-upstream-host", host),
+        ("x-ratelimit-remaining-requests", "0"),
+    ]
+    return message, headers
+
+
+@_scenario("leak_status")
+async def _leak_status(ex: _Exchange) -> None:
+    status = ex.int_arg(minimum=400)
+    message, headers = _leak(ex)
+    if status == 429:
+        headers.append(("retry-after", "1"))
+    host = ex.request.headers.get("host", "")
+    code = "invalid_api_key:" + ex.request.headers.get("authorization", "").removeprefix("Bearer ")
+    await ex.send_json(status, _envelope(message, "invalid_request_error", code, host), headers)
+
+
+@_scenario("leak_text")
+async def _leak_text(ex: _Exchange) -> None:
+    message, headers = _leak(ex)
+    await ex.send_body(ex.int_arg(minimum=400), message.encode(), "text/plain", headers)
+
+
+@_scenario("leak_inband_first", "leak_inband_after")
+async def _leak_inband(ex: _Exchange) -> None:
+    count = 0 if ex.scenario.name == "leak_inband_first" else ex.int_arg()
+    message, _ = _leak(ex)
+    error = orjson.dumps(_envelope(message, "server_error", None))
+    if not ex.stream:
+        await ex.send_body(200, error, "application/json")
+        return
+    await _stream_then(ex, [*ex.normal_payloads()[:count], error, b"[DONE]"], "end")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -146,6 +146,15 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (body_with(response_format={}), "response_format"),
     (body_with(response_format={"type": 1}), "response_format"),
     (body_with(user=5), "user"),
+    # user and metadata are stored: no NUL (PostgreSQL cannot store it) nor other control characters, user short
+    (body_with(user="alice\u0000"), "user"),
+    (body_with(user="alice\nbob"), "user"),
+    (body_with(user="u" * 257), "user"),
+    (body_with(metadata={"team\u0000": "search"}), "metadata"),
+    (body_with(metadata={"team\t": "search"}), "metadata"),
+    (body_with(metadata={"team": "sea\u0000rch"}), "metadata"),
+    (body_with(metadata={"team": "bell\u0007"}), "metadata"),
+    (body_with(metadata={"team": "del\u007f"}), "metadata"),
     # metadata, OpenAI's rules (it goes to the audit log, so its size is bounded)
     (body_with(metadata="x"), "metadata"),
     (body_with(metadata=["team", "search"]), "metadata"),
@@ -178,6 +187,8 @@ VALID: list[dict[str, Any]] = [
     {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
     {"user": "u-1"},
+    {"user": "u" * 256},
+    {"user": "名前 🚀 o'brien"},
     {"stream": False, "stream_options": None},
     {"n": 128},
 ]
@@ -262,6 +273,8 @@ def test_metadata_at_openais_limits_is_kept_and_never_forwarded() -> None:
     largest = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
     request = parse(metadata=largest)
     assert request.metadata == largest and "metadata" not in request.params
+    texts = {"note": "two\nlines\tand a tab\r\n", "名前": "值 🚀"}
+    assert parse(metadata=texts).metadata == texts
     assert parse(metadata=None).metadata is None and parse(metadata={}).metadata is None
 
 

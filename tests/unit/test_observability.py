@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from sluicegate.observability.logs import (
     log_config,
     resolve_format,
 )
+from sluicegate.observability.loop_lag import LoopLagMonitor
 from sluicegate.observability.metrics import OTHER, Metrics, MetricsSink, gateway_overhead_ms
 from sluicegate.observability.tracing import TraceSink, otlp_traces_url
 from sluicegate.providers.registry import PROVIDERS
@@ -324,3 +327,30 @@ def test_otlp_url() -> None:
     assert otlp_traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert otlp_traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
     assert otlp_traces_url("http://c/custom/traces") == "http://c/custom/traces"
+
+
+def test_loop_lag_monitor_reports_a_stall_and_the_metrics_keep_it() -> None:
+    m = Metrics(CONFIG)
+    reports: list[tuple[float, float]] = []
+
+    def report(lag: float, recent_max: float) -> None:
+        reports.append((lag, recent_max))
+        m.loop_lag_tick(lag, recent_max)
+
+    async def run() -> None:
+        task = asyncio.create_task(LoopLagMonitor(report, interval=0.005, window=60).run())
+        while len(reports) < 3:
+            await asyncio.sleep(0.005)
+        time.sleep(0.2)  # a stall: this coroutine holds the loop, as a huge synchronous job would
+        seen = len(reports)
+        while len(reports) < seen + 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+
+    asyncio.run(run())
+    worst = max(lag for lag, _ in reports)
+    assert worst >= 0.2 - 0.005  # the tick due during the stall ran late by (nearly) all of it
+    assert reports[-1][1] == worst  # and the recent maximum keeps it
+    assert value(m, "sluicegate_event_loop_lag_max_seconds") == worst
+    assert value(m, "sluicegate_event_loop_lag_seconds_count") == len(reports)
+    assert value(m, "sluicegate_event_loop_lag_seconds_bucket", le="0.1") < len(reports)

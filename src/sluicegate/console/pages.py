@@ -244,7 +244,7 @@ class Pages:
             entries = entries[:PAGE]
             more = "?" + urlencode({**({"kind": kind} if kind else {}), "before": entries[-1]["seq"]})
         for e in entries:
-            e["details"] = orjson.loads(e["payload"])
+            e["details"] = e["payload"]  # the admin service returns it as an object
         context = {"entries": entries, "kind": kind, "kinds": AUDIT_KINDS, "more": more, "verified": verified}
         return self.page("audit.html", session, "audit", q, **context)
 

@@ -2,7 +2,7 @@
 
 from .custom import CustomKeywords, CustomRegex
 from .detectors import BUILTIN_NAMES
-from .messages import MessageFinding, redact_messages, scan_messages
+from .messages import MessageFinding, redact_messages, redact_messages_async, scan_messages, scan_messages_async
 from .scanner import ACTIONS, Action, DlpRule, Engine, Finding, label
 from .stream import StreamRedactor
 
@@ -19,5 +19,7 @@ __all__ = [
     "StreamRedactor",
     "label",
     "redact_messages",
+    "redact_messages_async",
     "scan_messages",
+    "scan_messages_async",
 ]

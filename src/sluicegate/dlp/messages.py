@@ -3,16 +3,27 @@
 Covers every text the model will see: string ``content``, ``text`` content parts, assistant
 ``tool_calls[].function.arguments`` and ``tool`` results. Images, audio and other parts are left
 alone. The input is never mutated: changed messages, lists and parts are shallow copies.
+
+The ``*_async`` variants are what the request path uses: scanning costs ~1.2 ms per 100 KB with every
+detector, so a 4 MB prompt scanned in one call would hold the event loop for ~50 ms (and a 50 MB one for
+over half a second). They scan long texts in ``PIECE``-character pieces through a ``StreamRedactor`` with the
+engine's whole window (which gives exactly the whole-text result), yielding to the loop between pieces.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .scanner import Engine, Finding
+from .stream import StreamRedactor
+
+# Characters scanned between two yields to the event loop: ~1 ms of work with every detector (a smaller piece
+# spends proportionally more on the stream redactor's tail checks, which look at up to 16 KB each time).
+PIECE = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,74 @@ def redact_messages(
         return new
 
     return _walk(messages, visit), found
+
+
+async def scan_messages_async(messages: list[dict[str, Any]], engine: Engine) -> list[MessageFinding]:
+    """``scan_messages``, yielding to the event loop every ``PIECE`` characters."""
+    results = await _scan_texts(messages, engine, redact=False)
+    found: list[MessageFinding] = []
+
+    def visit(text: str, index: int, path: str) -> str:
+        found.extend(_located(results[index, path][1], index, path))
+        return text
+
+    _walk(messages, visit)
+    return found
+
+
+async def redact_messages_async(
+    messages: list[dict[str, Any]], engine: Engine
+) -> tuple[list[dict[str, Any]], list[MessageFinding]]:
+    """``redact_messages``, yielding to the event loop every ``PIECE`` characters."""
+    results = await _scan_texts(messages, engine, redact=True)
+    found: list[MessageFinding] = []
+
+    def visit(text: str, index: int, path: str) -> str:
+        new, findings = results[index, path]
+        if not findings:
+            return text
+        found.extend(_located(findings, index, path))
+        if path.endswith(".arguments"):
+            return _keep_json(text, new, engine)
+        return new
+
+    return _walk(messages, visit), found
+
+
+async def _scan_texts(
+    messages: list[dict[str, Any]], engine: Engine, *, redact: bool
+) -> dict[tuple[int, str], tuple[str, list[Finding]]]:
+    """Every text of ``messages`` by (message index, path): its redacted form and findings."""
+    texts: list[tuple[str, int, str]] = []
+
+    def collect(text: str, index: int, path: str) -> str:
+        texts.append((text, index, path))
+        return text
+
+    _walk(messages, collect)
+    results: dict[tuple[int, str], tuple[str, list[Finding]]] = {}
+    since_yield = 0
+    for text, index, path in texts:
+        if len(text) > PIECE:
+            results[index, path] = await _redact_in_pieces(text, engine)
+            continue
+        results[index, path] = engine.redact(text) if redact else (text, engine.scan(text))
+        since_yield += len(text)
+        if since_yield >= PIECE:  # many small messages add up too
+            since_yield = 0
+            await asyncio.sleep(0)
+    return results
+
+
+async def _redact_in_pieces(text: str, engine: Engine) -> tuple[str, list[Finding]]:
+    redactor = StreamRedactor(engine, hold_back=engine.window)
+    redactor.findings = []
+    out: list[str] = []
+    for start in range(0, len(text), PIECE):
+        out.append(redactor.feed(text[start : start + PIECE]))
+        await asyncio.sleep(0)
+    out.append(redactor.flush())
+    return "".join(out), redactor.findings
 
 
 def _located(findings: list[Finding], index: int, path: str) -> list[MessageFinding]:

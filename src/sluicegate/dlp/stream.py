@@ -28,16 +28,19 @@ covers every built-in weak detector except absurdly long e-mail domains).
 
 from __future__ import annotations
 
-from .scanner import Engine, apply, resolve
+from .scanner import Engine, Finding, apply, resolve
 
 # Released characters kept for look-behinds and for e-mail local parts (at most 65 chars back).
 _CONTEXT = 128
+# The hint pre-check pays off on the short texts a stream releases; on long ones (request prompts scanned in
+# pieces) it costs ~5x the detectors' own scan, which skips ahead on literals.
+_HINT_MAX = 1024
 
 
 class StreamRedactor:
     """Redacts one text stream (one choice's content, or one tool call's arguments)."""
 
-    __slots__ = ("_engine", "_gated", "_pos", "_strong_cap", "_text", "_window", "counts")
+    __slots__ = ("_engine", "_gated", "_offset", "_pos", "_strong_cap", "_text", "_window", "counts", "findings")
 
     def __init__(self, engine: Engine, hold_back: int = 256) -> None:
         self._engine = engine
@@ -48,6 +51,9 @@ class StreamRedactor:
         # Released context followed by the unreleased text, which starts at ``_pos``.
         self._text = ""
         self._pos = 0
+        self._offset = 0  # where ``_text`` starts in the whole stream
+        # Set to a list to collect every finding with its position in the whole stream (request scanning).
+        self.findings: list[Finding] | None = None
         # Per detector type: how many matches were redacted; for the audit record (never the text).
         self.counts: dict[str, int] = {}
 
@@ -92,6 +98,7 @@ class StreamRedactor:
     def flush(self) -> str:
         """End of stream: release (redacted) everything still held."""
         out = self._release(len(self._text)) if self.pending else ""
+        self._offset += len(self._text)
         self._text = ""
         self._pos = 0
         return out
@@ -99,11 +106,12 @@ class StreamRedactor:
     def _release(self, cut: int) -> str:
         text, pos = self._text, self._pos
         hint = self._engine.hint
-        if hint is not None and hint.search(text, pos) is None:
+        if hint is not None and len(text) - pos <= _HINT_MAX and hint.search(text, pos) is None:
             # No detector can have a candidate here: release without scanning.
             keep = max(0, cut - _CONTEXT)
             self._text = text[keep:]
             self._pos = cut - keep
+            self._offset += keep
             return text[pos:cut]
         cands = self._engine.candidates(text, pos)
         moved = True
@@ -118,8 +126,11 @@ class StreamRedactor:
         findings = resolve(c for c in cands if c[0] < cut)
         for f in findings:
             self.counts[f.type] = self.counts.get(f.type, 0) + 1
+        if self.findings is not None:
+            self.findings.extend(Finding(f.type, f.start + self._offset, f.end + self._offset) for f in findings)
         out = apply(text, findings, pos, cut)
         keep = max(0, cut - _CONTEXT)
         self._text = text[keep:]
         self._pos = cut - keep
+        self._offset += keep
         return out

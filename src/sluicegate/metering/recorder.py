@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..records import RequestRecord
-from ..storage.audit import AuditEntry
+from ..records import AuditEntry, RequestRecord
 from ..storage.batch_writer import UsageRow
+from ..storage.isolation import RecordsLost
+from ..storage.sanitize import ERROR_CODE_CHARS, clean_entry, clean_text
 from ..storage.usage import UsageStore, usage_row
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class UsageRecorder:
         rec.stored = await self._submit(usage_row(rec), entry)
 
     async def audit(self, entry: AuditEntry) -> None:
-        await self._submit(None, entry)
+        await self._submit(None, clean_entry(entry))
 
     async def _submit(self, row: UsageRow | None, entry: AuditEntry | None) -> tuple[float, float]:
         assert self._next is not None, "the recorder is not started"
@@ -126,29 +127,38 @@ class UsageRecorder:
         slots: asyncio.Semaphore,
     ) -> None:
         try:
-            span = await self._write(batch)
+            span, lost = await self._write(batch)
         finally:
             slots.release()
             self._in_flight -= 1
             self._wake.set()  # records held back for this commit to land may go now
         future.set_result(None)
-        for _, _, done in batch:
+        for i, (_, _, done) in enumerate(batch):
             if done.done():  # its request was cancelled; the record is written all the same
                 continue
-            if isinstance(span, BaseException):
-                done.set_exception(span)
+            failure = span if isinstance(span, BaseException) else lost.get(i)
+            if failure is not None:
+                done.set_exception(failure)
                 done.exception()  # retrieved here too: its waiter may be cancelled before it looks
             else:
+                assert not isinstance(span, BaseException)
                 done.set_result(span)
 
-    async def _write(self, batch: list[_Pending]) -> tuple[float, float] | BaseException:
+    async def _write(self, batch: list[_Pending]) -> tuple[tuple[float, float] | BaseException, dict[int, RecordsLost]]:
+        """Write the batch: its commit's span (or the error that failed it), and the records the store refused
+        in any form (by position in ``batch``) when the rest was written apart (``isolation.py``)."""
         rows = [row for row, _, _ in batch if row is not None]
         audits = [entry for _, entry, _ in batch if entry is not None]
         started = time.time()
         error: BaseException | None = None
+        lost: dict[int, RecordsLost] = {}
         for attempt in range(_RETRIES):
             try:
                 await self._store.write(rows, audits)
+                error = None
+                break
+            except RecordsLost as exc:  # the rest of the batch is written: trying it again would write it twice
+                lost = _lost_positions(batch, exc)
                 error = None
                 break
             except Exception as exc:  # retried; a lost record is worse than a slow one
@@ -159,8 +169,9 @@ class UsageRecorder:
         self.records += len(batch)
         if error is not None:
             self.failures += len(batch)
-            return error
-        return (started, time.time())
+            return error, lost
+        self.failures += len(lost)
+        return (started, time.time()), lost
 
     async def close(self) -> None:
         """Write whatever is queued, then stop (graceful shutdown); a write in progress is never cut."""
@@ -172,6 +183,18 @@ class UsageRecorder:
             log.info("usage recorder: %d records in %d commits", self.records, self.batches)
 
 
+def _lost_positions(batch: list[_Pending], exc: RecordsLost) -> dict[int, RecordsLost]:
+    """The positions in ``batch`` of the records ``exc`` names (it counts rows and audit entries apart)."""
+    rows: list[int] = []
+    audits: list[int] = []
+    for i, (row, entry, _) in enumerate(batch):
+        if row is not None:
+            rows.append(i)
+        if entry is not None:
+            audits.append(i)
+    return {i: exc for i in [rows[r] for r in exc.rows] + [audits[a] for a in exc.audits]}
+
+
 def request_audit(rec: RequestRecord, prompt: str | None = None) -> AuditEntry:
     """The audit entry of a request: who, what, when, outcome, tokens, cost, the client's ``metadata``; the
     prompt only when ``prompt`` is given (``metering.audit_prompts``), never secrets."""
@@ -181,7 +204,7 @@ def request_audit(rec: RequestRecord, prompt: str | None = None) -> AuditEntry:
         "group": rec.group,
         "status": rec.status,
         "outcome": rec.outcome,
-        "error_code": rec.error_code,
+        "error_code": clean_text(rec.error_code, ERROR_CODE_CHARS) if rec.error_code is not None else None,
         "prompt_tokens": u.prompt_tokens if u else 0,
         "completion_tokens": u.completion_tokens if u else 0,
         "cost_micro": rec.cost_micro,
@@ -191,13 +214,15 @@ def request_audit(rec: RequestRecord, prompt: str | None = None) -> AuditEntry:
         payload["metadata"] = rec.metadata
     if prompt is not None:
         payload["prompt"] = prompt
-    return AuditEntry(
-        created_at=rec.started_at,
-        kind="request",
-        actor=rec.key_prefix,
-        action="chat.completion",
-        target=rec.model or rec.requested_model,
-        payload=payload,
+    return clean_entry(
+        AuditEntry(
+            created_at=rec.started_at,
+            kind="request",
+            actor=rec.key_prefix,
+            action="chat.completion",
+            target=rec.model or rec.requested_model,
+            payload=payload,
+        )
     )
 
 

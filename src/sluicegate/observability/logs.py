@@ -14,6 +14,7 @@ import abc
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,11 +49,16 @@ class _Clock:
 
 class LineFormatter(logging.Formatter, metaclass=abc.ABCMeta):
     """Base of our two formats: ``render`` builds a line from plain values, so the request sink can skip the
-    LogRecord machinery and still write exactly what ``format`` would."""
+    LogRecord machinery and still write exactly what ``format`` would.
+
+    ``scrub`` (set by ``install_log_scrubber`` while a gateway runs) cleans every finished line: upstream
+    text in warnings and tracebacks may hold a provider key or an internal host name.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._clock = _Clock()
+        self.scrub: Callable[[str], str] | None = None
 
     def format(self, record: logging.LogRecord) -> str:
         exc = self.formatException(record.exc_info) if record.exc_info else None
@@ -61,8 +67,21 @@ class LineFormatter(logging.Formatter, metaclass=abc.ABCMeta):
             record.created, record.levelname, record.name, record.getMessage(), record.process, fields, exc
         )
 
-    @abc.abstractmethod
     def render(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        msg: str,
+        pid: int | None,
+        fields: dict[str, Any] | None,
+        exc: str | None = None,
+    ) -> str:
+        line = self.line(created, level, logger, msg, pid, fields, exc)
+        return line if self.scrub is None else self.scrub(line)
+
+    @abc.abstractmethod
+    def line(
         self,
         created: float,
         level: str,
@@ -77,7 +96,7 @@ class LineFormatter(logging.Formatter, metaclass=abc.ABCMeta):
 class JsonFormatter(LineFormatter):
     """One JSON object per line: ts, level, logger, msg, pid, then the record's structured fields."""
 
-    def render(
+    def line(
         self,
         created: float,
         level: str,
@@ -104,7 +123,7 @@ class JsonFormatter(LineFormatter):
 class TextFormatter(LineFormatter):
     """``2026-01-02T03:04:05.678Z INFO  sluicegate.request request request_id=... status=200 ...``"""
 
-    def render(
+    def line(
         self,
         created: float,
         level: str,
@@ -154,6 +173,58 @@ def log_config(fmt: str, level: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
     }
+
+
+class ScrubFilter(logging.Filter):
+    """For handlers with a formatter of their own (an embedding application's): scrub message and traceback."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = self._scrub(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        return True
+
+
+def install_log_scrubber(scrub: Callable[[str], str]) -> Callable[[], None]:
+    """Scrub every line the process's log handlers write; returns the function that undoes it.
+
+    Our own formatters scrub the finished line (the request sink's direct path included); any other handler
+    gets a ``ScrubFilter``. Handlers are process-wide, so the gateway installs this at start and undoes it
+    at stop.
+    """
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
+    handlers = list(dict.fromkeys(h for lg in loggers for h in lg.handlers))
+    scrubbed: list[tuple[LineFormatter, Callable[[str], str] | None]] = []
+    filtered: list[tuple[logging.Handler, ScrubFilter]] = []
+    for handler in handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, LineFormatter):
+            scrubbed.append((formatter, formatter.scrub))
+            formatter.scrub = scrub
+        else:
+            flt = ScrubFilter(scrub)
+            handler.addFilter(flt)
+            filtered.append((handler, flt))
+
+    def uninstall() -> None:
+        for formatter, previous in scrubbed:
+            formatter.scrub = previous
+        for handler, flt in filtered:
+            handler.removeFilter(flt)
+
+    return uninstall
 
 
 def request_fields(record: RequestRecord) -> dict[str, Any]:

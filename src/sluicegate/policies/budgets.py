@@ -290,7 +290,7 @@ class BudgetPolicy(Policy):
             return
         model = ctx.model
         if ctx.prompt_tokens is None:
-            ctx.prompt_tokens = self._tokens.count_messages(ctx.request.messages)
+            ctx.prompt_tokens = await self._tokens.count_messages_async(ctx.request.messages)
         max_out = ctx.request.max_tokens or ctx.default_max_tokens
         estimate = ceil_micro(ctx.prompt_tokens, model.price.input) + ceil_micro(
             max_out * max(1, ctx.request.n), model.price.output

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..dlp import Engine, StreamRedactor, redact_messages, scan_messages
+from ..dlp import Engine, StreamRedactor, redact_messages, redact_messages_async, scan_messages, scan_messages_async
 from ..dlp.config import DirectionConfig, DlpConfig
 from ..errors import DlpBlocked
 from ..hooks import DlpEvent, Policy, StreamFilter
@@ -66,11 +66,11 @@ class DlpPolicy(Policy):
             return
         messages = ctx.request.messages
         if engine.action == "redact":
-            redacted, findings = redact_messages(messages, engine)
+            redacted, findings = await redact_messages_async(messages, engine)
             if findings:
                 ctx.request.messages = redacted
         else:
-            findings = scan_messages(messages, engine)
+            findings = await scan_messages_async(messages, engine)
         if not findings:
             return
         counts: dict[str, int] = {}

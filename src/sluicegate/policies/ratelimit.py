@@ -230,7 +230,7 @@ class RateLimitPolicy(Policy):
             return
         requests, tokens = plan.requests, plan.tokens
         if tokens:
-            prompt = self._tokens.count_messages(ctx.request.messages)
+            prompt = await self._tokens.count_messages_async(ctx.request.messages)
             ctx.prompt_tokens = prompt
             cost = prompt if prompt > 0 else 1
             buckets = requests + [Bucket(key, limit, cost, kind) for key, limit, _, kind in tokens]

@@ -34,7 +34,8 @@ class DemoProvider:
 
     def reply(self, request: ChatRequest) -> str:
         last_user = next((m for m in reversed(request.messages) if m.get("role") == "user"), None)
-        echo = " ".join(message_text(last_user).split()) if last_user else ""
+        # Only the head is ever echoed: splitting a whole 4 MB prompt would hold the event loop for tens of ms.
+        echo = " ".join(message_text(last_user)[: _ECHO_LIMIT * 16].split()) if last_user else ""
         if len(echo) > _ECHO_LIMIT:
             echo = echo[:_ECHO_LIMIT] + "\u2026"
         return _TEMPLATE.format(echo=echo)
@@ -46,8 +47,9 @@ class DemoProvider:
             return tokens[: request.max_tokens], "length"
         return tokens, "stop"
 
-    def _usage(self, request: ChatRequest, completion_tokens: int) -> Usage:
-        return Usage(prompt_tokens=self._tokens.count_messages(request.messages), completion_tokens=completion_tokens)
+    async def _usage(self, request: ChatRequest, completion_tokens: int) -> Usage:
+        prompt_tokens = await self._tokens.count_messages_async(request.messages)
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     async def complete(self, request: ChatRequest, deployment: Deployment, request_id: str) -> Completion:
         tokens, finish = self._plan(request)
@@ -58,7 +60,7 @@ class DemoProvider:
             "logprobs": None,
             "finish_reason": finish,
         }
-        return Completion(choices=[choice], usage=self._usage(request, len(tokens)))
+        return Completion(choices=[choice], usage=await self._usage(request, len(tokens)))
 
     async def stream(
         self, request: ChatRequest, deployment: Deployment, request_id: str, stats: StreamStats
@@ -74,7 +76,7 @@ class DemoProvider:
             if piece:
                 yield [ChatChunk([ChoiceDelta(0, {"content": piece})])]
         rest = decoder.decode(b"", final=True)
-        final = [ChatChunk([ChoiceDelta(0, {}, finish)]), ChatChunk([], self._usage(request, len(tokens)))]
+        final = [ChatChunk([ChoiceDelta(0, {}, finish)]), ChatChunk([], await self._usage(request, len(tokens)))]
         if rest:
             final.insert(0, ChatChunk([ChoiceDelta(0, {"content": rest})]))
         yield final

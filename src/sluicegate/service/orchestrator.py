@@ -67,10 +67,10 @@ class ChatService:
         ctx.default_max_tokens = self._router.default_max_tokens(model)
         return ctx
 
-    def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
+    async def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
         return Usage(
-            prompt_tokens=self._tokens.count_messages(request.messages),
-            completion_tokens=self._tokens.count(completion_text),
+            prompt_tokens=await self._tokens.count_messages_async(request.messages),
+            completion_tokens=await self._tokens.count_async(completion_text),
             estimated=True,
         )
 
@@ -153,7 +153,7 @@ class ChatService:
             completion = self.chain.filter_completion(ctx, completion)
             usage = completion.usage
             if usage is None:
-                usage = self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
+                usage = await self.estimate_usage(ctx.request, "".join(_message_text(c) for c in completion.choices))
         except BaseException as exc:
             await self._failed(ctx, exc)
             raise

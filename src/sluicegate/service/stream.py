@@ -36,7 +36,7 @@ class StreamOwner(Protocol):
 
     async def resume(self, stream: OpenStream) -> AsyncIterator[list[ChatChunk]] | None: ...
 
-    def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage: ...
+    async def estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage: ...
 
     def record(
         self,
@@ -229,7 +229,7 @@ class OpenStream:
         if usage is None or partial or self.resumed:
             # A resumed answer came from two upstreams; neither usage report covers the whole of it.
             try:
-                estimated = self._service.estimate_usage(self.ctx.request, state.text)
+                estimated = await self._service.estimate_usage(self.ctx.request, state.text)
             except Exception:  # the record (and the after-hooks it feeds) must still happen
                 log.exception("could not count the usage of request %s", self.ctx.request_id)
                 estimated = Usage(estimated=True)

@@ -9,22 +9,18 @@ breaks the next row's ``prev_hash`` and leaves a gap in ``seq``; truncating the 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
+from ..records import AuditEntry
 from .migrations import GENESIS_HASH
+from .sanitize import clean_entry, clean_json
 
-
-class AuditEntry(NamedTuple):  # a tuple: built for every request, and a frozen dataclass costs 3x more
-    created_at: float
-    kind: str  # request | admin | dlp
-    actor: str
-    action: str
-    target: str
-    payload: dict[str, Any]
+log = logging.getLogger("sluicegate.metering")
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -47,8 +43,16 @@ def chain(seq: int, prev: str, entries: Iterable[AuditEntry]) -> tuple[list[tupl
     rows: list[tuple[Any, ...]] = []
     for e in entries:
         seq += 1
-        payload = canonical(e.payload)
-        digest = chain_hash(prev, seq, e.created_at, e.kind, e.actor, e.action, e.target, payload)
+        try:
+            payload = canonical(e.payload)
+            digest = chain_hash(prev, seq, e.created_at, e.kind, e.actor, e.action, e.target, payload)
+        except (TypeError, ValueError) as exc:
+            # A value orjson or UTF-8 cannot take (a lone surrogate, an integer past 64 bits, a key that is not
+            # a string) would fail every batch this entry rides in: it is stored, and hashed, cleaned instead.
+            log.error("an audit entry was cleaned before it was stored: %s", exc)
+            e = clean_entry(e)._replace(payload=clean_json(e.payload))
+            payload = canonical(e.payload)
+            digest = chain_hash(prev, seq, e.created_at, e.kind, e.actor, e.action, e.target, payload)
         rows.append((seq, e.created_at, e.kind, e.actor, e.action, e.target, payload, prev, digest))
         prev = digest
     return rows, seq, prev

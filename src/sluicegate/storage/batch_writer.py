@@ -7,6 +7,7 @@ on SQLite, one JSON array of rows per table on PostgreSQL. Reads, reports, rollu
 
 SQLite: ``sqlite3`` connections of our own (``SqliteBatchWriter`` says which thread writes). PostgreSQL:
 asyncpg connections the writer keeps checked out of the engine's pool; a batch is one statement when it can be.
+A batch the store refuses for a value it holds is written apart (``isolation.py``), on both stores.
 """
 
 from __future__ import annotations
@@ -22,37 +23,12 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .audit import AuditEntry, chain
+from ..records import AuditEntry
+from .audit import chain
 from .db import sqlite_pragmas
+from .isolation import RecordsLost, Tally, is_record_error, write_apart
+from .sanitize import USAGE_COLUMNS
 
-# The order of the tuples ``usage_store.usage_row`` builds; ``id`` is assigned by the database.
-USAGE_COLUMNS = (
-    "request_id",
-    "created_at",
-    "day",
-    "key_id",
-    "key_prefix",
-    "group_name",
-    "requested_model",
-    "model",
-    "deployment",
-    "stream",
-    "status",
-    "outcome",
-    "error_code",
-    "partial",
-    "estimated",
-    "prompt_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_micro",
-    "latency_ms",
-    "ttft_ms",
-    "user_field",
-    "attempts",
-)
 AUDIT_COLUMNS = ("seq", "created_at", "kind", "actor", "action", "target", "payload", "prev_hash", "hash")
 
 UsageRow = tuple[Any, ...]
@@ -93,16 +69,31 @@ class SqliteBatchWriter:
         self.max_loop_batch = 500  # records per commit (about 6 ms of CPU)
         self.written_on_loop = 0  # commits, for tests and diagnostics
         self.written_on_thread = 0
+        self.tally = Tally()
 
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         # A burst (thousands of streams ending together) makes a batch of thousands: written on the loop in
         # one go it would stall every stream for tens of ms. Commits of at most ``max_loop_batch`` records,
         # with a loop turn between them, bound the stall to a few ms.
         step = self.max_loop_batch
+        lost_rows: list[int] = []
+        lost_audits: list[int] = []
+        first_loss: BaseException | None = None
         for start in range(0, max(len(rows), len(audits)), step):
             if start:
                 await asyncio.sleep(0)
-            await self._write_part(rows[start : start + step], audits[start : start + step])
+            part_rows, part_audits = rows[start : start + step], audits[start : start + step]
+            try:
+                await self._write_part(part_rows, part_audits)
+            except Exception as exc:
+                if not is_record_error(exc):
+                    raise
+                lost = await write_apart(self._write_part, part_rows, part_audits, exc, self.tally)
+                lost_rows.extend(start + i for i in lost[0])
+                lost_audits.extend(start + i for i in lost[1])
+                first_loss = first_loss or (exc if lost_rows or lost_audits else None)
+        if first_loss is not None:
+            raise RecordsLost(lost_rows, lost_audits, first_loss)
 
     async def _write_part(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         loop = asyncio.get_running_loop()
@@ -225,6 +216,19 @@ def _json(rows: Sequence[tuple[Any, ...]]) -> str:
     return orjson.dumps(rows).decode()
 
 
+async def _append_locked(db: Any, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> tuple[int, str]:
+    """Rows and audit entries in one transaction that locks the chain's head, reads it and appends; the new head."""
+    async with db.transaction():
+        if rows:
+            await db.execute(_PG_USAGE_ONLY, _json(rows))
+        # FOR UPDATE: replicas appending at the same time extend the one chain in turn.
+        head = await db.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        linked, seq, prev = chain(int(head["seq"]), str(head["hash"]), audits)
+        await db.execute(_PG_AUDIT_ONLY, _json(linked))
+        await db.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
+    return seq, prev
+
+
 class PostgresBatchWriter:
     """Batches on asyncpg connections it keeps checked out of the engine's pool, in one round trip.
 
@@ -252,8 +256,21 @@ class PostgresBatchWriter:
         self.fast_batches = 0  # for tests and diagnostics
         self.locked_batches = 0
         self.retried_batches = 0  # fast after waiting for the batch before them (see ``_write``)
+        self.tally = Tally()
 
     async def write(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
+        try:
+            await self._write_batch(rows, audits)
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            # Apart, each part under the head's lock: ``_write_batch`` forgot the head when it failed, so batches
+            # that follow take the locked path too, or guess from a head a guard checks.
+            lost_rows, lost_audits = await write_apart(self._write_locked, rows, audits, exc, self.tally)
+            if lost_rows or lost_audits:
+                raise RecordsLost(lost_rows, lost_audits, exc) from exc
+
+    async def _write_batch(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
         while audits and self._head is None and self._in_flight:
             await self._idle.wait()  # the head is unknown: let the writes in flight land, then read it
         guess = self._head if audits else None
@@ -329,17 +346,17 @@ class PostgresBatchWriter:
                     self.retried_batches += 1
                     return True
                 self._head = None  # the guess was wrong: later batches wait for this one to land
-            async with db.transaction():
-                if rows:
-                    await db.execute(_PG_USAGE_ONLY, _json(rows))
-                # FOR UPDATE: replicas appending at the same time extend the one chain in turn.
-                head = await db.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                linked, seq, prev = chain(int(head["seq"]), str(head["hash"]), audits)
-                await db.execute(_PG_AUDIT_ONLY, _json(linked))
-                await db.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, prev)
-            self._head = (seq, prev)
+            self._head = await _append_locked(db, rows, audits)
             self.locked_batches += 1
             return False  # chained to the head it read, not to its claim: a batch that guessed from the claim is wrong
+
+    async def _write_locked(self, rows: Sequence[UsageRow], audits: Sequence[AuditEntry]) -> None:
+        """One part of a refused batch (``write_apart``): its own transaction, chained under the head's lock."""
+        async with self._connection() as db:
+            if audits:
+                await _append_locked(db, rows, audits)
+            elif rows:
+                await db.execute(_PG_USAGE_ONLY, _json(rows))
 
     async def close(self) -> None:
         while self._spare:

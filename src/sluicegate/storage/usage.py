@@ -13,11 +13,13 @@ from sqlalchemy import Connection, and_, delete, func, insert, literal, literal_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..records import RequestRecord
+from ..records import AuditEntry, RequestRecord
 from . import audit
-from .audit import AuditEntry, VerifyResult
+from .audit import VerifyResult
 from .batch_writer import PostgresBatchWriter, SqliteBatchWriter, UsageRow
 from .console_schema import AUDIT_KIND_PREDICATE
+from .isolation import Tally
+from .sanitize import ERROR_CODE_CHARS, clean_json, clean_text, clean_usage_row
 from .schema import audit_head, audit_log, rollup_days, usage, usage_daily
 
 # Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
@@ -42,20 +44,25 @@ def _ms3(ms: float) -> float:
 
 
 def usage_row(rec: RequestRecord) -> UsageRow:
-    """The record as a row of ``usage``, in ``USAGE_COLUMNS`` order."""
+    """The record as a row of ``usage``, in ``USAGE_COLUMNS`` order, every value fit for the store."""
     u = rec.usage
     attempts = [
         {
             "model": a.model,
             "deployment": a.deployment,
             "ok": a.ok,
-            "error_code": a.error_code,
+            # An upstream's own code: cut to the size of the row's error_code column, like it.
+            "error_code": clean_text(a.error_code, ERROR_CODE_CHARS) if a.error_code is not None else None,
             "status": a.status,
             "latency_ms": _ms3(a.latency_ms),
         }
         for a in rec.attempts
     ]
-    return (
+    try:
+        attempts_json = orjson.dumps(attempts).decode()
+    except TypeError:  # a text UTF-8 cannot encode (a lone surrogate): every text of every attempt cleaned
+        attempts_json = orjson.dumps(clean_json(attempts)).decode()
+    row = (
         rec.request_id,
         rec.started_at,
         utc_day(rec.started_at),
@@ -79,9 +86,10 @@ def usage_row(rec: RequestRecord) -> UsageRow:
         rec.cost_micro,
         _ms3(rec.latency_ms),
         _ms3(rec.ttft_ms) if rec.ttft_ms is not None else None,
-        rec.user[:300] if rec.user else None,
-        orjson.dumps(attempts).decode(),
+        rec.user or None,
+        attempts_json,
     )
+    return clean_usage_row(row)
 
 
 class UsageStore:
@@ -92,6 +100,11 @@ class UsageStore:
             self._writer = SqliteBatchWriter(engine.url.database or ":memory:")
         else:
             self._writer = PostgresBatchWriter(engine)
+
+    @property
+    def tally(self) -> Tally:
+        """What the writer did with batches the store refused (``isolation.py``)."""
+        return self._writer.tally
 
     @property
     def max_in_flight(self) -> int:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
 from sluicegate.dlp import DlpRule, Engine, MessageFinding, redact_messages, scan_messages
+from sluicegate.dlp import messages as dlp_messages
 
 ENGINE = Engine(DlpRule())
 CARD = "4111 1111 1111 1111"
 KEY = "sk-ant-api03-Abcdefghij0123456789xyz"
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
+    "-----END RSA PRIVATE KEY-----"
+)
 
 
 def conversation() -> list[dict[str, Any]]:
@@ -101,3 +108,28 @@ def test_odd_shapes_are_tolerated() -> None:
     ]
     new, findings = redact_messages(messages, ENGINE)
     assert findings == [] and new == messages
+
+
+def _long_conversation() -> list[dict[str, Any]]:
+    """Texts longer than a scanning piece, with secrets straddling piece boundaries, and many small messages."""
+    piece = dlp_messages.PIECE
+    filler = "lorem ipsum dolor sit amet " * (piece // 9)
+    text = ""
+    for i, secret in enumerate([CARD, KEY, "bob@example.com", PEM, CARD]):
+        text += filler[: piece * (i + 1) - len(text) - len(secret) // 2] + secret
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": json.dumps({"k": filler + KEY})}}]
+    return [
+        {"role": "user", "content": text + filler},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "user", "content": f"small {i} {CARD}"} for i in range(300)),
+    ]
+
+
+def test_async_scanning_in_pieces_gives_the_whole_text_result() -> None:
+    messages = _long_conversation()
+    before = copy.deepcopy(messages)
+    assert asyncio.run(dlp_messages.scan_messages_async(messages, ENGINE)) == scan_messages(messages, ENGINE)
+    got = asyncio.run(dlp_messages.redact_messages_async(messages, ENGINE))
+    assert got == redact_messages(messages, ENGINE)
+    assert len(got[1]) >= 300 + 6
+    assert messages == before

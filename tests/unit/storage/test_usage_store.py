@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import delete, inspect, text, update
 
 from sluicegate.metering.recorder import UsageRecorder, request_audit
-from sluicegate.records import Attempt, RequestRecord
-from sluicegate.storage.audit import AuditEntry
+from sluicegate.records import Attempt, AuditEntry, RequestRecord
 from sluicegate.storage.batch_writer import PostgresBatchWriter, SqliteBatchWriter
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.migrations import migrate

@@ -6,6 +6,7 @@ through untouched, and each error must name its field (``param``) the way OpenAI
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -25,6 +26,12 @@ _RESERVED_PREFIX = "sluicegate"
 # tool's JSON schema ten levels deep is about 30); the gateway's own encoder (orjson) cannot write a body
 # nested 255 levels, and translating to another provider wraps a few more, so anything near that must be
 # refused here, before a budget is reserved, rather than fail on the way out.
+
+# ``user`` and ``metadata`` are stored (usage ledger, audit log): no control characters (NUL above all, which
+# PostgreSQL cannot store), and ``user`` short, as an end-user id is. Metadata values may hold tabs and newlines.
+_USER_CHARS = 256
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -80,8 +87,10 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     ):
         raise InvalidRequest("'response_format' must be an object with a 'type'", param="response_format")
     user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("'user' must be a string", param="user")
+    if user is not None and not (isinstance(user, str) and len(user) <= _USER_CHARS and not _CONTROL.search(user)):
+        raise InvalidRequest(
+            f"'user' must be a string of at most {_USER_CHARS} characters without control characters", param="user"
+        )
 
     metadata = _check_metadata(body.get("metadata"))
     params = {k: v for k, v in body.items() if k not in _NOT_PARAMS and not k.lower().startswith(_RESERVED_PREFIX)}
@@ -100,7 +109,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 
 def _check_metadata(metadata: Any) -> dict[str, str] | None:
     """OpenAI's rules for ``metadata``: at most 16 pairs, string keys up to 64 characters, string values up to
-    512. It goes into the audit log, never upstream, so its size is bounded here."""
+    512. It goes into the audit log, never upstream, so its size and characters are bounded here."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
@@ -108,11 +117,16 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
     if len(metadata) > _METADATA_PAIRS:
         raise InvalidRequest(f"'metadata' may hold at most {_METADATA_PAIRS} pairs", param="metadata")
     for key, value in metadata.items():
-        if len(key) > _METADATA_KEY_CHARS:
-            raise InvalidRequest(f"'metadata' keys may be at most {_METADATA_KEY_CHARS} characters", param="metadata")
-        if not isinstance(value, str) or len(value) > _METADATA_VALUE_CHARS:
+        if len(key) > _METADATA_KEY_CHARS or _CONTROL.search(key):
             raise InvalidRequest(
-                f"'metadata.{key}' must be a string of at most {_METADATA_VALUE_CHARS} characters", param="metadata"
+                f"'metadata' keys may be at most {_METADATA_KEY_CHARS} characters, without control characters",
+                param="metadata",
+            )
+        if not isinstance(value, str) or len(value) > _METADATA_VALUE_CHARS or _CONTROL_IN_TEXT.search(value):
+            raise InvalidRequest(
+                f"'metadata.{key}' must be a string of at most {_METADATA_VALUE_CHARS} characters, without control "
+                "characters other than tab and newline",
+                param="metadata",
             )
     return metadata or None
 

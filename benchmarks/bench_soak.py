@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.bench_soak --minutes 20            # the issue's run
     .venv/bin/python -m benchmarks.bench_soak --minutes 5 --rate 150   # fixed rate, skip the max measurement
 
-Upstream: the test suite's FakeOpenAI (tests/fakes/openai_upstream.py) in its own process, driven by scenarios in
+Upstream: the test suite's FakeOpenAI (tests/fakes/openai/) in its own process, driven by scenarios in
 the prompt. Gateway: ``sluicegate serve --workers 1`` (SQLite store, metering, audit, metrics: the defaults),
 started through ``python -m benchmarks.soak_gateway``, which only adds a probe task counting the gateway loop's live
 asyncio tasks. Traffic mix (weights): streams (normal, slow), non-streams, upstream 500s (a model whose circuit
@@ -58,7 +58,7 @@ from benchmarks.scale_common import (
 
 FAKE_SERVER = """
 import sys, time
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 fake = FakeOpenAI().start()
 print(fake.url, flush=True)
 sys.stdin.read()   # until the parent closes our stdin

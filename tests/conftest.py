@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 # Timeouts are short so failure tests run fast; they are what the tests assert against.

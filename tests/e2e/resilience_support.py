@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes.openai_upstream import FakeOpenAI, RecordedRequest
+from tests.fakes.openai import FakeOpenAI, RecordedRequest
 from tests.support.gateway import GatewayProcess
 
 # Short per-deployment timeouts so every failure mode resolves in about a second.

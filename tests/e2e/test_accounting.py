@@ -22,7 +22,7 @@ import pytest
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.usage import UsageStore
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
 from tests.support.services import redis_url

@@ -18,7 +18,7 @@ from sluicegate.storage.migrations import migrate
 from sluicegate.storage.usage import UsageStore, usage_row
 from sluicegate.types import Usage
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.console import console_gateway, login
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess

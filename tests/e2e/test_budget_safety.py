@@ -24,7 +24,7 @@ import redis
 from sluicegate.tokens import TokenCounter
 from tests.conftest import TEST_TIMEOUTS
 from tests.e2e.test_accounting import records
-from tests.fakes.openai_upstream import PROMPT_TOKENS, FakeOpenAI
+from tests.fakes.openai import PROMPT_TOKENS, FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
 

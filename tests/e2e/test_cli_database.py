@@ -14,7 +14,7 @@ import pytest
 from sluicegate.cli import main
 from sluicegate.settings import ENVIRONMENT
 from tests.conftest import gateway_config
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 STORE_VARIABLES = ("SLUICEGATE_DATA_DIR", "SLUICEGATE_DATABASE_URL", "XDG_DATA_HOME")

@@ -21,7 +21,7 @@ from sluicegate.app import App
 from sluicegate.config import GatewayConfig
 from sluicegate.settings import Settings
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.console import (
     admin_get,
     age_sessions,

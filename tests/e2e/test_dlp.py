@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import TEST_TIMEOUTS
 from tests.e2e.test_stream_contract import assert_success_shape, text_of
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 CARD = "4111 1111 1111 1111"

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import gateway_config
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 HEADER_TIMEOUT = 1.5

@@ -19,7 +19,7 @@ import pytest
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.usage import UsageStore
 from tests.e2e.resilience_support import TIMEOUTS, chats
-from tests.fakes.openai_upstream import NORMAL_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 PARTIAL = "Hello from"  # what reset_after:3 delivers before the reset: the role chunk and two content chunks

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import gateway_config
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import GatewayProcess
 from tests.support.services import redis_url

@@ -23,7 +23,7 @@ import pytest
 
 from sluicegate.config import ServerConfig
 from sluicegate.tokens import TokenCounter
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 BOUND = 0.05

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.openai_upstream import NORMAL_TEXT, PROMPT_TOKENS, TOOL_CALLS, UNICODE_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, PROMPT_TOKENS, TOOL_CALLS, UNICODE_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.node

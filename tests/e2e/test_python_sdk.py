@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.fakes.openai_upstream import NORMAL_TEXT, PROMPT_TOKENS, TOOL_CALLS, UNICODE_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, PROMPT_TOKENS, TOOL_CALLS, UNICODE_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 TOOLS: list[Any] = [

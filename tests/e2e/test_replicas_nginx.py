@@ -30,7 +30,7 @@ from sluicegate.config import ServerConfig
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.usage import UsageStore
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.databases import database_url
 from tests.support.gateway import MASTER_KEY, GatewayProcess, free_port
 from tests.support.services import nginx_path, redis_url

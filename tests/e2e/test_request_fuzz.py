@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.e2e.test_accounting import records
 from tests.e2e.test_budget_safety import config
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.fuzz_bodies import bodies, with_known_bodies
 from tests.support.gateway import GatewayProcess
 

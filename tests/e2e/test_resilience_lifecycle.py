@@ -36,7 +36,7 @@ from tests.e2e.resilience_support import (
     post,
     text_of,
 )
-from tests.fakes.openai_upstream import NORMAL_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 # -- circuit breaker -----------------------------------------------------------------------------------------

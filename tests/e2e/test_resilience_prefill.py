@@ -17,7 +17,7 @@ from tests.e2e.resilience_support import (
     error_frame,
     post,
 )
-from tests.fakes.openai_upstream import NORMAL_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 PARTIAL = "Hello from"  # what reset_after:3 delivers: the role chunk and two content chunks

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.resilience_support import assert_complete_stream, assert_envelope, chat, chats, counters, post
-from tests.fakes.openai_upstream import NORMAL_TEXT, FakeOpenAI
+from tests.fakes.openai import NORMAL_TEXT, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 TIMEOUTS = {"connect": 0.5, "headers": 1.0, "first_token": 1.5, "idle": 1, "total": 8}

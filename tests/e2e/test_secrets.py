@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 KEY = "sk-proj-Qm7vT2xLp9RfK4wZ8sNcY3bHdJ6gA1eUoV5iX0tWrMzE"

@@ -16,7 +16,7 @@ import pytest
 from sluicegate.errors import Overloaded
 from sluicegate.http.shedding import ConcurrencyLimited, LoadShedder
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import GatewayProcess
 
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluicegate.storage.db import create_engine
 from sluicegate.storage.usage import UsageStore
 from tests.conftest import TEST_TIMEOUTS
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI
 from tests.support.databases import database_url, pg_execute
 from tests.support.gateway import GatewayProcess
 

@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import (
+from tests.fakes.openai import (
     ARGUMENT_FRAGMENTS,
     INBAND_ERROR,
     NORMAL_PIECES,

@@ -144,6 +144,10 @@ def serve(config_path: str | None, host: str, port: int, workers: int, log_level
             log_config=logging_config,
             # Longer than the drain window, so streams are ended by our stream_error frame, not cut by uvicorn.
             timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 5,
+            # uvicorn kills and restarts a worker that does not answer its supervisor's ping within this time. Its
+            # default (5 s) killed workers still starting on a busy machine, again and again, leaving one worker
+            # to serve everything; a worker that is up answers in milliseconds whatever the load.
+            timeout_worker_healthcheck=30,
             backlog=config.server.backlog,
             timeout_keep_alive=math.ceil(config.server.keepalive_timeout),
             # No proxy header rewriting: the gateway never trusts client-supplied addresses (and it costs ~1%).

@@ -41,14 +41,32 @@ class MessageFinding:
 _Visit = Callable[[str, int, str], str]
 
 
-def scan_messages(messages: list[dict[str, Any]], engine: Engine) -> list[MessageFinding]:
-    found: list[MessageFinding] = []
+# A text's redacted form and findings, given its location (the engine's answer, or one computed beforehand).
+_Lookup = Callable[[str, int, str], tuple[str, list[Finding]]]
 
+
+def _scanning(found: list[MessageFinding], lookup: _Lookup) -> _Visit:
     def visit(text: str, index: int, path: str) -> str:
-        found.extend(_located(engine.scan(text), index, path))
+        found.extend(_located(lookup(text, index, path)[1], index, path))
         return text
 
-    _walk(messages, visit)
+    return visit
+
+
+def _redacting(found: list[MessageFinding], lookup: _Lookup, engine: Engine) -> _Visit:
+    def visit(text: str, index: int, path: str) -> str:
+        new, findings = lookup(text, index, path)
+        if not findings:
+            return text
+        found.extend(_located(findings, index, path))
+        return _keep_json(text, new, engine) if path.endswith(".arguments") else new
+
+    return visit
+
+
+def scan_messages(messages: list[dict[str, Any]], engine: Engine) -> list[MessageFinding]:
+    found: list[MessageFinding] = []
+    _walk(messages, _scanning(found, lambda text, _i, _p: (text, engine.scan(text))))
     return found
 
 
@@ -56,29 +74,14 @@ def redact_messages(
     messages: list[dict[str, Any]], engine: Engine
 ) -> tuple[list[dict[str, Any]], list[MessageFinding]]:
     found: list[MessageFinding] = []
-
-    def visit(text: str, index: int, path: str) -> str:
-        new, findings = engine.redact(text)
-        if not findings:
-            return text
-        found.extend(_located(findings, index, path))
-        if path.endswith(".arguments"):
-            return _keep_json(text, new, engine)
-        return new
-
-    return _walk(messages, visit), found
+    return _walk(messages, _redacting(found, lambda text, _i, _p: engine.redact(text), engine)), found
 
 
 async def scan_messages_async(messages: list[dict[str, Any]], engine: Engine) -> list[MessageFinding]:
     """``scan_messages``, yielding to the event loop every ``PIECE`` characters."""
     results = await _scan_texts(messages, engine, redact=False)
     found: list[MessageFinding] = []
-
-    def visit(text: str, index: int, path: str) -> str:
-        found.extend(_located(results[index, path][1], index, path))
-        return text
-
-    _walk(messages, visit)
+    _walk(messages, _scanning(found, lambda _t, index, path: results[index, path]))
     return found
 
 
@@ -88,17 +91,7 @@ async def redact_messages_async(
     """``redact_messages``, yielding to the event loop every ``PIECE`` characters."""
     results = await _scan_texts(messages, engine, redact=True)
     found: list[MessageFinding] = []
-
-    def visit(text: str, index: int, path: str) -> str:
-        new, findings = results[index, path]
-        if not findings:
-            return text
-        found.extend(_located(findings, index, path))
-        if path.endswith(".arguments"):
-            return _keep_json(text, new, engine)
-        return new
-
-    return _walk(messages, visit), found
+    return _walk(messages, _redacting(found, lambda _t, index, path: results[index, path], engine)), found
 
 
 async def _scan_texts(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, PrimaryKeyConstraint, String, Table
 
-from .schema import metadata
+from .schema import USAGE_TOTALS, metadata
 
 # Upper bounds (milliseconds, exclusive) of the histogram buckets; one more bucket holds everything above.
 # Roughly 1.5x apart: a percentile read from them is within about a fifth of the true value.
@@ -26,13 +26,7 @@ TTFT_COLUMNS = tuple(f"ttft_{i}" for i in range(BUCKETS))
 CUBE_DIMENSIONS = ("model", "group", "key", "deployment")
 # The counters of a cube row, in the order the rollup and the queries use.
 CUBE_SUMS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_micro",
+    *USAGE_TOTALS,
     "latency_ms_sum",
     "ttft_count",
     "ttft_ms_sum",

@@ -24,6 +24,17 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The counters every usage total holds (daily rollups, reports, the analytics cube), in one order.
+USAGE_TOTALS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_micro",
+)
+
 groups = Table(
     "groups",
     metadata,

@@ -20,7 +20,7 @@ from .batch_writer import PostgresBatchWriter, SqliteBatchWriter, UsageRow
 from .console_schema import AUDIT_KIND_PREDICATE
 from .isolation import Tally
 from .sanitize import ERROR_CODE_CHARS, clean_json, clean_text, clean_usage_row
-from .schema import audit_head, audit_log, rollup_days, usage, usage_daily
+from .schema import USAGE_TOTALS, audit_head, audit_log, rollup_days, usage, usage_daily
 
 # Inline '' (not a bound parameter): PostgreSQL must see the GROUP BY and SELECT expressions as identical.
 _EMPTY: ColumnClause[str] = literal_column("''")
@@ -154,15 +154,7 @@ class UsageStore:
         until_day = utc_day(until)
         rolled = select(rollup_days.c.day)
         totals: dict[str, dict[str, int]] = {}
-        metrics = (
-            "requests",
-            "errors",
-            "prompt_tokens",
-            "cached_tokens",
-            "completion_tokens",
-            "reasoning_tokens",
-            "cost_micro",
-        )
+        metrics = USAGE_TOTALS
         raw_group = getattr(usage.c, column)
         daily_group = getattr(usage_daily.c, column)
         raw_q = select(
@@ -256,20 +248,7 @@ def _rollup_sync(conn: Connection, today: str) -> list[str]:
         )
         conn.execute(
             insert(usage_daily).from_select(
-                [
-                    "day",
-                    "key_id",
-                    "key_prefix",
-                    "group_name",
-                    "model",
-                    "requests",
-                    "errors",
-                    "prompt_tokens",
-                    "cached_tokens",
-                    "completion_tokens",
-                    "reasoning_tokens",
-                    "cost_micro",
-                ],
+                ["day", "key_id", "key_prefix", "group_name", "model", *USAGE_TOTALS],
                 agg,
             )
         )
